@@ -1,0 +1,56 @@
+"""User cache directory and crash-safe file writes.
+
+The cache (converted model weights, downloaded wheels/archives, their sha256 hashes) lives in
+``$TRUSTLORA_CACHE`` or ``~/.cache/trustlora``. Every file the project writes goes through
+:func:`atomic_write_bytes` / :func:`atomic_write_text`: a temp file in the same folder, then rename,
+so an interrupted run never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def cache_dir(*parts: str) -> Path:
+    """``$TRUSTLORA_CACHE/<parts>`` (created)."""
+    root = Path(os.environ.get("TRUSTLORA_CACHE") or Path.home() / ".cache" / "trustlora")
+    p = root.joinpath(*parts)
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

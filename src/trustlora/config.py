@@ -1,0 +1,368 @@
+"""Typed configuration: the single source of truth for every run.
+
+A config is a tree of dataclasses. It is built from defaults, then an optional YAML file, then
+dotted ``key=value`` overrides (``train.steps=20``)::
+
+    cfg = load_config("configs/default.yaml", ["strategy=fedavg", "data.users=4"])
+
+Every field is validated in ``__post_init__``/``validate``; a bad value raises :class:`ConfigError`
+with one line naming the field and what is expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user error in the configuration: one line naming the field and what is expected."""
+
+
+def _check(cond: bool, name: str, expected: str, value: Any) -> None:
+    if not cond:
+        raise ConfigError(f"{name}: expected {expected}, got {value!r}")
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapter shape, shared by every user."""
+
+    r: int = 4
+    """Rank of each adapter."""
+    alpha: float = 32.0
+    """Scaling numerator: the update is (alpha / r) * x A B."""
+    dropout: float = 0.1
+    """Dropout on the adapter input during training."""
+    targets: list[str] = field(default_factory=lambda: ["all"])
+    """Which linear layers get adapters: 'all' (attention + MLP), 'attention', 'mlp', or module-name suffixes."""
+    same_init: bool = True
+    """Give every user the same initial A (so averaging is meaningful)."""
+
+    def validate(self) -> None:
+        _check(isinstance(self.r, int) and self.r >= 1, "lora.r", "an integer >= 1", self.r)
+        _check(self.alpha > 0, "lora.alpha", "a number > 0", self.alpha)
+        _check(0 <= self.dropout < 1, "lora.dropout", "a number in [0, 1)", self.dropout)
+        _check(len(self.targets) > 0, "lora.targets", "a non-empty list", self.targets)
+
+
+@dataclass
+class DataConfig:
+    """Where the text comes from and how it is split between users."""
+
+    source: str = "parlspeech"
+    """Registered source name (parlspeech, ...) or 'folder', 'csv', 'jsonl' for own data."""
+    path: str | None = None
+    """File or folder for own-data sources (folder/csv/jsonl)."""
+    text_column: str = "text"
+    """Column/key holding the text in csv/jsonl files."""
+    category_column: str = "category"
+    """Column/key holding the category in csv/jsonl files."""
+    categories: list[str] | None = None
+    """Categories to use, in order (default: every category of the source, sorted)."""
+    users: int = 6
+    """Number of users N."""
+    mixture: Any = "high"
+    """'high' (one category per user), 'low' (3/4 own + 1/4 next category) or an explicit N x C matrix."""
+    seed: int = 0
+    """Seed of the document shuffle and split (separate from the model seed)."""
+    train_tokens: int = 40960
+    """Training tokens per user."""
+    val_tokens: int = 4096
+    """Validation tokens per user (strategy 'validation' trusts on this split)."""
+    test_tokens: int = 8192
+    """Test tokens per user (reported perplexity)."""
+    reference_tokens: int = 2048
+    """Tokens of the shared public reference set X_S, drawn equally from every category."""
+
+    def validate(self) -> None:
+        _check(isinstance(self.source, str) and self.source != "", "data.source", "a source name", self.source)
+        if self.source in ("folder", "csv", "jsonl"):
+            _check(bool(self.path), "data.path", f"a path for data.source={self.source}", self.path)
+        _check(isinstance(self.users, int) and self.users >= 1, "data.users", "an integer >= 1", self.users)
+        for name in ("train_tokens", "val_tokens", "test_tokens", "reference_tokens"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and v >= 1, f"data.{name}", "an integer >= 1", v)
+        m = self.mixture
+        if isinstance(m, str):
+            _check(m in ("high", "low"), "data.mixture", "'high', 'low' or a users x categories matrix", m)
+        else:
+            ok = isinstance(m, list) and len(m) > 0 and all(isinstance(r, list) and r for r in m)
+            _check(ok, "data.mixture", "'high', 'low' or a list of rows (users x categories)", m)
+            widths = {len(r) for r in m}
+            _check(len(widths) == 1, "data.mixture", "rows of equal length", m)
+            _check(len(m) == self.users, "data.mixture", f"{self.users} rows (one per user, data.users)", len(m))
+            for row in m:
+                _check(all(isinstance(x, (int, float)) and x >= 0 for x in row), "data.mixture",
+                       "non-negative numbers", row)
+                _check(sum(row) > 0, "data.mixture", "rows with a positive sum", row)
+
+
+@dataclass
+class TrainConfig:
+    """Local optimisation and the round schedule (Algorithm 1)."""
+
+    steps: int = 30
+    """Total local optimizer steps per user (warm-up included)."""
+    warmup: int = 10
+    """Local steps before the first exchange."""
+    period: int = 5
+    """Local steps between exchanges (K)."""
+    batch_size: int = 4
+    """Sequences per user per step."""
+    seq_len: int = 128
+    """Tokens per sequence."""
+    lr: float = 2e-3
+    """AdamW learning rate (constant)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Per-user gradient-norm clip (0 disables)."""
+    precision: str = "bf16"
+    """'bf16' (autocast) or 'fp32'."""
+
+    def validate(self) -> None:
+        for name in ("steps", "period", "batch_size", "seq_len"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and v >= 1, f"train.{name}", "an integer >= 1", v)
+        _check(isinstance(self.warmup, int) and 0 <= self.warmup <= self.steps, "train.warmup",
+               f"an integer in [0, train.steps={self.steps}]", self.warmup)
+        _check(self.lr > 0, "train.lr", "a number > 0", self.lr)
+        _check(self.weight_decay >= 0, "train.weight_decay", "a number >= 0", self.weight_decay)
+        _check(self.grad_clip >= 0, "train.grad_clip", "a number >= 0", self.grad_clip)
+        _check(self.precision in ("bf16", "fp32"), "train.precision", "'bf16' or 'fp32'", self.precision)
+
+
+@dataclass
+class TrustConfig:
+    """How trust scores become the row-stochastic W and how W is applied."""
+
+    temperature: float = 1.0
+    """Softmax temperature tau."""
+    normaliser: str = "softmax"
+    """'softmax', 'topk' (softmax over the top_peers best) or 'threshold'."""
+    top_peers: int = 2
+    """For normaliser 'topk': how many users (self included) keep weight."""
+    threshold: float = 0.5
+    """For normaliser 'threshold': minimum normalised score (0..1, 1 = best in row) to keep weight."""
+    mode: str = "update"
+    """'update' (theta_i <- theta_i_before + sum_j w_ij delta_j) or 'weight' (theta_i <- sum_j w_ij theta_j)."""
+    scale: str = "none"
+    """Score rescaling before the normaliser: 'none', 'row_l1' (S / sum_j S_ij * 10, as the official code) or 'row_mean'."""
+    topk: int = 10
+    """Strategy 'predictions': logits kept per position."""
+    logit_space: str = "probs"
+    """Strategy 'predictions': compare 'probs' (softmax, then top-k) or raw 'logits'."""
+    val_tokens: int = 1024
+    """Strategy 'validation': tokens of each user's val split scored by every peer model."""
+    val_metric: str = "loss"
+    """Strategy 'validation': 'loss' (mean CE, default) or 'ppl' (perplexity, official code)."""
+
+    def validate(self) -> None:
+        _check(self.temperature > 0, "trust.temperature", "a number > 0", self.temperature)
+        _check(self.normaliser in ("softmax", "topk", "threshold"), "trust.normaliser",
+               "'softmax', 'topk' or 'threshold'", self.normaliser)
+        _check(isinstance(self.top_peers, int) and self.top_peers >= 1, "trust.top_peers", "an integer >= 1",
+               self.top_peers)
+        _check(0 <= self.threshold <= 1, "trust.threshold", "a number in [0, 1]", self.threshold)
+        _check(self.mode in ("update", "weight"), "trust.mode", "'update' or 'weight'", self.mode)
+        _check(self.scale in ("none", "row_l1", "row_mean"), "trust.scale", "'none', 'row_l1' or 'row_mean'",
+               self.scale)
+        _check(isinstance(self.topk, int) and self.topk >= 1, "trust.topk", "an integer >= 1", self.topk)
+        _check(self.logit_space in ("probs", "logits"), "trust.logit_space", "'probs' or 'logits'",
+               self.logit_space)
+        _check(isinstance(self.val_tokens, int) and self.val_tokens >= 2, "trust.val_tokens", "an integer >= 2",
+               self.val_tokens)
+        _check(self.val_metric in ("loss", "ppl"), "trust.val_metric", "'loss' or 'ppl'", self.val_metric)
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation."""
+
+    batch_size: int = 8
+    """Sequences per user per evaluation forward."""
+    during_tokens: int = 1024
+    """Test/val tokens per user evaluated after each round (0 = full split); the final evaluation is always full."""
+
+
+@dataclass
+class Config:
+    """One experiment: model, data, adapters, schedule, trust strategy."""
+
+    model: str = "smollm2"
+    """'smollm2' (embedded, offline), 'tiny-random' (tests), a Hugging Face id or a local path."""
+    strategy: str = "predictions"
+    """Trust strategy: local, fedavg, oracle, weights, validation, predictions."""
+    seed: int = 0
+    """Model seed (adapter init, dropout, batch order)."""
+    out: str | None = None
+    """Run directory (default runs/<time>-<strategy>)."""
+    runtime: str = "simulation"
+    """'simulation' (all users in one process)."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    trust: TrustConfig = field(default_factory=TrustConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        _check(isinstance(self.model, str) and self.model != "", "model", "a model name or path", self.model)
+        _check(isinstance(self.seed, int), "seed", "an integer", self.seed)
+        _check(self.runtime in ("simulation",), "runtime", "'simulation'", self.runtime)
+        from trustlora.trust import names as strategy_names
+
+        _check(self.strategy in strategy_names(), "strategy", "one of " + ", ".join(strategy_names()),
+               self.strategy)
+        self.lora.validate()
+        self.data.validate()
+        self.train.validate()
+        self.trust.validate()
+        _check(self.eval.batch_size >= 1, "eval.batch_size", "an integer >= 1", self.eval.batch_size)
+        _check(self.eval.during_tokens >= 0, "eval.during_tokens", "an integer >= 0", self.eval.during_tokens)
+
+
+# --------------------------------------------------------------------------------------------------
+# building a config from YAML + overrides
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, tp: Any, name: str) -> Any:
+    """Coerce a YAML-parsed value to a field type, or raise ConfigError."""
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, name)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{name}: unexpected value {value!r}")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        return [_coerce(v, item, name) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _apply(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
+    types_ = _field_types(type(obj))
+    for key, value in updates.items():
+        name = f"{prefix}{key}"
+        if key not in types_:
+            valid = ", ".join(sorted(types_))
+            where = f"under '{prefix[:-1]}'" if prefix else "at top level"
+            raise ConfigError(f"unknown config key '{name}'; valid keys {where}: {valid}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{name}: expected a mapping of {type(current).__name__} fields, got {value!r}")
+            _apply(current, value, f"{name}.")
+        else:
+            setattr(obj, key, _coerce(value, types_[key], name))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'train.steps=20' -> ('train.steps', 20); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}': expected key=value (e.g. train.steps=20)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{text}': empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _nest(key: str, value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, raising ConfigError with the file name on any problem."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{p}': not found")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"config file '{p}': malformed YAML{where}: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{p}': expected a mapping of config keys at top level")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file <- dotted overrides; validated."""
+    cfg = Config()
+    if path is not None:
+        _apply(cfg, read_yaml(path))
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _apply(cfg, _nest(key, value))
+    cfg.validate()
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    cfg = Config()
+    _apply(cfg, data)
+    cfg.validate()
+    return cfg
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

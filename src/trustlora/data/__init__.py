@@ -1,0 +1,1 @@
+"""Text sources, partition of documents between users, and data statistics."""

@@ -1,0 +1,1 @@
+"""Base-model loading and the stacked multi-user LoRA model."""
