@@ -99,8 +99,12 @@ class DataConfig:
             _check(len(widths) == 1, "data.mixture", "rows of equal length", m)
             _check(len(m) == self.users, "data.mixture", f"{self.users} rows (one per user, data.users)", len(m))
             for row in m:
-                _check(all(isinstance(x, (int, float)) and x >= 0 for x in row), "data.mixture",
-                       "non-negative numbers", row)
+                _check(
+                    all(isinstance(x, (int, float)) and x >= 0 for x in row),
+                    "data.mixture",
+                    "non-negative numbers",
+                    row,
+                )
                 _check(sum(row) > 0, "data.mixture", "rows with a positive sum", row)
 
 
@@ -131,8 +135,12 @@ class TrainConfig:
         for name in ("steps", "period", "batch_size", "seq_len"):
             v = getattr(self, name)
             _check(isinstance(v, int) and v >= 1, f"train.{name}", "an integer >= 1", v)
-        _check(isinstance(self.warmup, int) and 0 <= self.warmup <= self.steps, "train.warmup",
-               f"an integer in [0, train.steps={self.steps}]", self.warmup)
+        _check(
+            isinstance(self.warmup, int) and 0 <= self.warmup <= self.steps,
+            "train.warmup",
+            f"an integer in [0, train.steps={self.steps}]",
+            self.warmup,
+        )
         _check(self.lr > 0, "train.lr", "a number > 0", self.lr)
         _check(self.weight_decay >= 0, "train.weight_decay", "a number >= 0", self.weight_decay)
         _check(self.grad_clip >= 0, "train.grad_clip", "a number >= 0", self.grad_clip)
@@ -166,19 +174,31 @@ class TrustConfig:
 
     def validate(self) -> None:
         _check(self.temperature > 0, "trust.temperature", "a number > 0", self.temperature)
-        _check(self.normaliser in ("softmax", "topk", "threshold"), "trust.normaliser",
-               "'softmax', 'topk' or 'threshold'", self.normaliser)
-        _check(isinstance(self.top_peers, int) and self.top_peers >= 1, "trust.top_peers", "an integer >= 1",
-               self.top_peers)
+        _check(
+            self.normaliser in ("softmax", "topk", "threshold"),
+            "trust.normaliser",
+            "'softmax', 'topk' or 'threshold'",
+            self.normaliser,
+        )
+        _check(
+            isinstance(self.top_peers, int) and self.top_peers >= 1,
+            "trust.top_peers",
+            "an integer >= 1",
+            self.top_peers,
+        )
         _check(0 <= self.threshold <= 1, "trust.threshold", "a number in [0, 1]", self.threshold)
         _check(self.mode in ("update", "weight"), "trust.mode", "'update' or 'weight'", self.mode)
-        _check(self.scale in ("none", "row_l1", "row_mean"), "trust.scale", "'none', 'row_l1' or 'row_mean'",
-               self.scale)
+        _check(
+            self.scale in ("none", "row_l1", "row_mean"), "trust.scale", "'none', 'row_l1' or 'row_mean'", self.scale
+        )
         _check(isinstance(self.topk, int) and self.topk >= 1, "trust.topk", "an integer >= 1", self.topk)
-        _check(self.logit_space in ("probs", "logits"), "trust.logit_space", "'probs' or 'logits'",
-               self.logit_space)
-        _check(isinstance(self.val_tokens, int) and self.val_tokens >= 2, "trust.val_tokens", "an integer >= 2",
-               self.val_tokens)
+        _check(self.logit_space in ("probs", "logits"), "trust.logit_space", "'probs' or 'logits'", self.logit_space)
+        _check(
+            isinstance(self.val_tokens, int) and self.val_tokens >= 2,
+            "trust.val_tokens",
+            "an integer >= 2",
+            self.val_tokens,
+        )
         _check(self.val_metric in ("loss", "ppl"), "trust.val_metric", "'loss' or 'ppl'", self.val_metric)
 
 
@@ -218,8 +238,7 @@ class Config:
         _check(self.runtime in ("simulation",), "runtime", "'simulation'", self.runtime)
         from trustlora.trust import names as strategy_names
 
-        _check(self.strategy in strategy_names(), "strategy", "one of " + ", ".join(strategy_names()),
-               self.strategy)
+        _check(self.strategy in strategy_names(), "strategy", "one of " + ", ".join(strategy_names()), self.strategy)
         self.lora.validate()
         self.data.validate()
         self.train.validate()

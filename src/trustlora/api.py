@@ -1,0 +1,259 @@
+"""Run experiments: build model + data + protocol from a Config, write the run directory, resume.
+
+    from trustlora.config import load_config
+    from trustlora.api import run
+    run_dir = run(load_config(None, ["strategy=fedavg", "train.steps=10"]))
+
+A run directory holds ``config.yaml``, ``metrics.jsonl``, ``summary.json``, ``report.md``, PNG figures and
+``adapters/user_<i>/`` (PEFT format). While training, ``checkpoint.pt`` is rewritten after every round;
+running the same config with the same ``out`` again resumes from it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trustlora.cache import atomic_write_bytes, atomic_write_json, atomic_write_text
+from trustlora.comm import InProcess
+from trustlora.config import Config, ConfigError, dump_yaml, from_dict, read_yaml, to_dict
+from trustlora.data.partition import Partition, build_partition
+from trustlora.data.sources import load_documents
+from trustlora.model.base import load_base
+from trustlora.model.multilora import MultiLoRA
+from trustlora.protocol import LocalData, Protocol
+from trustlora.train import LocalTrainer
+from trustlora.trust.oracle import oracle_matrix
+
+
+@dataclass
+class Workspace:
+    """What identical runs (a comparison) share: model, tokenizer, partition, stacked adapters, base eval."""
+
+    key: tuple = ()
+    model: object = None
+    tokenizer: object = None
+    partition: Partition | None = None
+    mm: MultiLoRA | None = None
+    base_eval: list[dict] = field(default_factory=list)
+
+
+def _data_key(cfg: Config) -> tuple:
+    d = cfg.data
+    return (
+        cfg.model,
+        json.dumps(to_dict(cfg)["data"], sort_keys=True),
+        cfg.train.seq_len,
+        json.dumps(to_dict(cfg)["lora"], sort_keys=True),
+        cfg.eval.batch_size,
+        cfg.train.precision,
+        d.users,
+    )
+
+
+def prepare(cfg: Config, ws: Workspace | None = None, log=print) -> Workspace:
+    """Load (or reuse) model, tokenizer, partition and the stacked adapters for ``cfg``."""
+    key = _data_key(cfg)
+    if ws is not None and ws.key == key:
+        return ws
+    ws = Workspace(key=key)
+    t0 = time.time()
+    ws.model, ws.tokenizer = load_base(cfg.model)
+    log(
+        f"model {cfg.model}: {sum(p.numel() for p in ws.model.parameters()) / 1e6:.1f}M params "
+        f"({time.time() - t0:.1f}s)"
+    )
+    t0 = time.time()
+    ws.partition = prepare_data(cfg, ws.tokenizer)
+    log(
+        f"data {cfg.data.source}: {len(ws.partition.categories)} categories {ws.partition.categories}, "
+        f"{cfg.data.users} users ({time.time() - t0:.1f}s)"
+    )
+    ws.mm = MultiLoRA(ws.model, cfg.data.users, cfg.lora, seed=cfg.seed)
+    return ws
+
+
+def prepare_data(cfg: Config, tokenizer=None) -> Partition:
+    """Documents of ``cfg.data`` split between users and X_S, tokenised with the model's tokenizer."""
+    if tokenizer is None:
+        from trustlora.model.base import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.model)
+    tokenizer.model_max_length = int(1e12)  # documents are long; windows are cut later
+    docs = load_documents(cfg.data)
+    return build_partition(
+        docs, lambda s: tokenizer.encode(s, add_special_tokens=False), tokenizer.eos_token_id, cfg.data
+    )
+
+
+def default_out(cfg: Config) -> Path:
+    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.strategy}"
+
+
+class MetricsLog:
+    """Append-only metrics.jsonl; each line is flushed whole. On resume, records past the checkpoint are dropped."""
+
+    def __init__(self, path: Path, keep_until_round: int | None = None):
+        self.path = path
+        self.records: list[dict] = []
+        if keep_until_round is not None and path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if rec.get("round", 0) <= keep_until_round:
+                    self.records.append(rec)
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self.records))
+
+    def __call__(self, rec: dict) -> None:
+        self.records.append(rec)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+
+
+def _check_out_dir(cfg: Config, out: Path) -> int:
+    """Return the round to resume after (0 = fresh). Refuse to mix runs in one directory."""
+    if not out.exists():
+        return 0
+    if (out / "summary.json").exists():
+        raise ConfigError(f"out: '{out}' already holds a finished run; choose another out=PATH")
+    ckpt = out / "checkpoint.pt"
+    if not ckpt.exists():
+        if any(out.iterdir()):
+            raise ConfigError(f"out: '{out}' exists and is not empty (no checkpoint to resume); choose another out")
+        return 0
+    old = read_yaml(out / "config.yaml")
+    if old != to_dict(cfg):
+        raise ConfigError(
+            f"out: '{out}' holds a checkpoint of a different config; rerun with the same config "
+            "to resume, or choose another out"
+        )
+    return int(torch.load(ckpt, weights_only=False)["round"])
+
+
+def _save_checkpoint(out: Path, round_: int, proto: Protocol, train_time: float) -> None:
+    buf = io.BytesIO()
+    torch.save(
+        {
+            "round": round_,
+            "adapters": proto.mm.get_flat(),
+            "trainer": proto.trainer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "train_time": train_time,
+        },
+        buf,
+    )
+    atomic_write_bytes(out / "checkpoint.pt", buf.getvalue())
+
+
+def _dominant(mixture: np.ndarray, categories: list[str]) -> list[str]:
+    return [categories[int(np.argmax(row))] for row in mixture]
+
+
+def _round_train_seconds(records: list[dict], r: int) -> float:
+    return sum(x.get("seconds", 0.0) for x in records if x["kind"] == "train" and x["round"] == r)
+
+
+def run(cfg: Config, ws: Workspace | None = None, progress: bool = True, log=print) -> Path:
+    """Run one experiment end to end; returns the run directory."""
+    from tqdm.auto import tqdm
+
+    from trustlora import report
+
+    out = Path(cfg.out) if cfg.out else default_out(cfg)
+    cfg.out = str(out)
+    start_round = _check_out_dir(cfg, out)
+    ws = prepare(cfg, ws, log=log)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", dump_yaml(cfg))
+    part, mm = ws.partition, ws.mm
+    n = cfg.data.users
+    torch.manual_seed(cfg.seed)
+    mm.reset_adapters(cfg.seed)
+    data = LocalData(
+        [u.train for u in part.users], [u.val for u in part.users], [u.test for u in part.users], part.reference
+    )
+    trainer = LocalTrainer(mm, data.train, cfg.train, seed=cfg.seed)
+    metrics = MetricsLog(out / "metrics.jsonl", keep_until_round=start_round if start_round else None)
+    bar = tqdm(total=cfg.train.steps, desc=f"{cfg.strategy}", unit="step", disable=not progress, leave=True)
+    proto = Protocol(
+        mm,
+        trainer,
+        data,
+        cfg,
+        InProcess(n),
+        part.mixture,
+        record=metrics,
+        progress=lambda msg: bar.set_postfix_str(msg, refresh=True),
+    )
+    wall0 = time.time()
+    train_time = 0.0
+    if start_round:
+        state = torch.load(out / "checkpoint.pt", weights_only=False)
+        mm.set_flat(state["adapters"])
+        trainer.load_state_dict(state["trainer"])
+        torch.set_rng_state(state["torch_rng"])
+        train_time = state["train_time"]
+        bar.update(sum(proto.schedule[:start_round]))
+        log(f"resuming {out} after round {start_round}")
+    else:
+        if ws.base_eval:
+            for rec in ws.base_eval:
+                metrics(rec)
+        else:
+            proto.evaluate_base()
+            ws.base_eval = [r for r in metrics.records if r.get("model") == "base"]
+    for r in range(start_round + 1, len(proto.schedule) + 1):
+        proto.run_round(r, step_callback=lambda: (bar.set_postfix_str("train", refresh=False), bar.update(1)))
+        train_time += _round_train_seconds(metrics.records, r)
+        _save_checkpoint(out, r, proto, train_time)
+    bar.close()
+    wall = time.time() - wall0
+
+    for u in range(n):
+        mm.export_peft(u, out / "adapters" / f"user_{u}", base_name=cfg.model)
+    evals = [r for r in metrics.records if r["kind"] == "eval" and r["split"] == "test"]
+    vals = [r for r in metrics.records if r["kind"] == "eval" and r["split"] == "val"]
+    trusts = [r for r in metrics.records if r["kind"] == "trust"]
+    base_test, final_test = evals[0]["ppl"], evals[-1]["ppl"]
+    tokens = cfg.train.steps * n * cfg.train.batch_size * cfg.train.seq_len
+    summary = {
+        "strategy": cfg.strategy,
+        "model": cfg.model,
+        "seed": cfg.seed,
+        "users": n,
+        "categories": part.categories,
+        "user_categories": _dominant(part.mixture, part.categories),
+        "mixture": part.mixture.tolist(),
+        "oracle_W": oracle_matrix(part.mixture).tolist(),
+        "final_W": trusts[-1]["W"] if trusts else np.eye(n).tolist(),
+        "base_test_ppl": base_test,
+        "final_test_ppl": final_test,
+        "base_mean_test_ppl": float(np.mean(base_test)),
+        "final_mean_test_ppl": float(np.mean(final_test)),
+        "base_val_ppl": vals[0]["ppl"],
+        "final_val_ppl": vals[-1]["ppl"],
+        "wall_time_s": wall,
+        "train_time_s": train_time,
+        "train_tokens": tokens,
+        "train_tokens_per_s": tokens / train_time if train_time > 0 else None,
+        "adapter_params_per_user": mm.num_adapter_params(),
+        "bytes_per_round": trusts[-1]["bytes"] if trusts else {},
+        "data": part.info,
+    }
+    atomic_write_json(out / "summary.json", summary)
+    report.write_run_report(out)
+    (out / "checkpoint.pt").unlink(missing_ok=True)
+    return out
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    return from_dict(read_yaml(Path(run_dir) / "config.yaml"))

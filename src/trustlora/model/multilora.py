@@ -1,0 +1,268 @@
+"""One frozen base model carrying N stacked LoRA adapters, one per user slot.
+
+Every target linear (``nn.Linear`` or GPT-2's ``Conv1D``) is wrapped by :class:`MultiLoRALinear`, which
+holds ``A: [N, in, r]`` and ``B: [N, r, out]`` and computes, for a user-major stacked batch
+``x: [N*B, T, in]``::
+
+    y = base(x) + (alpha / r) * bmm(bmm(dropout(x) viewed as [N, B*T, in], A), B)
+
+so all N users' forward/backward passes run as ONE pass through the frozen base. Typical use::
+
+    mm = MultiLoRA(base_model, n_users=6, cfg=LoraConfig())
+    logits = mm(input_ids)             # input_ids: [N*B, T], user u owns rows u*B:(u+1)*B
+    flat = mm.get_flat()               # [N, P] every user's adapter as one vector
+    mm.set_flat(flat)                  # write adapters back
+    mm.export_peft(u, "out/user_0", base_name="...")   # PEFT-loadable adapter of user u
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from trustlora.cache import atomic_write_bytes, atomic_write_text
+from trustlora.config import ConfigError, LoraConfig
+
+_ATTN_HINTS = ("attn", "attention")
+_MLP_HINTS = ("mlp", "feed_forward", "ffn")
+
+
+def _is_conv1d(m: nn.Module) -> bool:
+    return type(m).__name__ == "Conv1D" and hasattr(m, "nf")
+
+
+def _in_out(m: nn.Module) -> tuple[int, int]:
+    if isinstance(m, nn.Linear):
+        return m.in_features, m.out_features
+    w = m.weight  # Conv1D: weight [in, out]
+    return int(w.shape[0]), int(w.shape[1])
+
+
+def find_targets(model: nn.Module, targets: list[str]) -> list[str]:
+    """Names of the linear modules to adapt.
+
+    'all' = every linear inside a transformer block (attention + MLP), never the LM head or embeddings;
+    'attention' / 'mlp' = those whose path names an attention / MLP block; anything else is a module
+    name suffix (``q_proj``, ``mlp.c_fc``) or a full regex when it starts with '^'.
+    """
+    candidates = [
+        name
+        for name, m in model.named_modules()
+        if (isinstance(m, nn.Linear) or _is_conv1d(m)) and name and "lm_head" not in name
+    ]
+    chosen: list[str] = []
+    for name in candidates:
+        parts = name.split(".")
+        in_attn = any(any(h in p.lower() for h in _ATTN_HINTS) for p in parts[:-1])
+        in_mlp = any(any(h in p.lower() for h in _MLP_HINTS) for p in parts[:-1])
+        for t in targets:
+            if t == "all" and (in_attn or in_mlp):
+                ok = True
+            elif t == "attention":
+                ok = in_attn
+            elif t == "mlp":
+                ok = in_mlp
+            elif t.startswith("^"):
+                ok = re.fullmatch(t, name) is not None
+            else:
+                ok = name == t or name.endswith("." + t)
+            if ok:
+                chosen.append(name)
+                break
+    if not chosen:
+        raise ConfigError(
+            f"lora.targets: {targets} matches no linear layer of the model; "
+            "expected 'all', 'attention', 'mlp' or module-name suffixes such as q_proj"
+        )
+    return chosen
+
+
+def fast_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Inverted dropout from 16-bit random integers: ~2x faster than ``F.dropout`` on CPU.
+
+    The keep threshold is quantised to 1/65536 (p=0.1 drops 0.09999...).
+    """
+    n = x.numel()
+    bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=x.device).random_(-(2**31), 2**31 - 1)
+    r = bits.view(torch.int16)[:n].view(x.shape)
+    keep = r >= int(round(p * 65536)) - 32768
+    return x * keep * (1.0 / (1.0 - p))
+
+
+class _Shared:
+    """State shared by every adapted layer: on/off switch and a one-entry dropout cache.
+
+    q/k/v (and gate/up) receive the very same input tensor, so they share one dropout mask: this
+    saves a third of the random numbers, which cost ~20 % of a CPU training step.
+    """
+
+    def __init__(self, n_users: int, dropout: float):
+        self.n_users = n_users
+        self.enabled = True
+        self.p = float(dropout)
+        self._last_in: torch.Tensor | None = None
+        self._last_out: torch.Tensor | None = None
+
+    def dropped(self, x: torch.Tensor, training: bool) -> torch.Tensor:
+        """Dropout of the adapter input (in the autocast dtype), computed once per distinct input tensor."""
+        if self._last_in is x:
+            return self._last_out  # type: ignore[return-value]
+        out = x
+        if torch.is_autocast_enabled("cpu"):
+            out = out.to(torch.get_autocast_dtype("cpu"))
+        if training and self.p > 0:
+            out = fast_dropout(out, self.p)
+        self._last_in, self._last_out = x, out
+        return out
+
+    def clear(self) -> None:
+        self._last_in = self._last_out = None
+
+
+class MultiLoRALinear(nn.Module):
+    """A frozen linear plus N user-stacked low-rank adapters."""
+
+    def __init__(self, base: nn.Module, shared: _Shared, r: int, alpha: float):
+        super().__init__()
+        self.base = base
+        self.shared = shared
+        n = shared.n_users
+        d_in, d_out = _in_out(base)
+        dev, dt = base.weight.device, torch.float32
+        self.lora_A = nn.Parameter(torch.zeros(n, d_in, r, device=dev, dtype=dt))  # (N, in, r)
+        self.lora_B = nn.Parameter(torch.zeros(n, r, d_out, device=dev, dtype=dt))  # (N, r, out)
+        self.scaling = alpha / r
+        self.fan_in_fan_out = _is_conv1d(base)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if not self.shared.enabled:
+            return y
+        n = self.lora_A.shape[0]
+        shape = x.shape
+        if shape[0] % n:
+            raise ValueError(f"batch of {shape[0]} rows is not user-major over {n} users")
+        xd = self.shared.dropped(x, self.training).reshape(n, -1, shape[-1])  # (N, B*T, in)
+        a, b = self.lora_A, self.lora_B
+        if xd.dtype != a.dtype:
+            a, b = a.to(xd.dtype), b.to(xd.dtype)
+        delta = torch.bmm(torch.bmm(xd, a), b) * self.scaling  # (N, B*T, out)
+        return y + delta.reshape(*shape[:-1], -1).to(y.dtype)
+
+
+class MultiLoRA(nn.Module):
+    """Wraps a frozen causal LM so that it carries ``n_users`` stacked adapters."""
+
+    def __init__(self, model: nn.Module, n_users: int, cfg: LoraConfig, seed: int = 0):
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.n_users = n_users
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self._shared = _Shared(n_users, cfg.dropout)
+        self.target_names = find_targets(model, cfg.targets)
+        self.layers: dict[str, MultiLoRALinear] = {}
+        for name in self.target_names:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            wrapped = MultiLoRALinear(getattr(parent, child), self._shared, cfg.r, cfg.alpha)
+            setattr(parent, child, wrapped)
+            self.layers[name] = wrapped
+        self.reset_adapters(seed)
+
+    # ---- parameters ---------------------------------------------------------------------------
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        """A then B of every adapted layer, in a fixed order (the flat layout)."""
+        out: list[nn.Parameter] = []
+        for layer in self.layers.values():
+            out += [layer.lora_A, layer.lora_B]
+        return out
+
+    def num_adapter_params(self) -> int:
+        """Trainable parameters per user."""
+        return sum(p[0].numel() for p in self.adapter_parameters())
+
+    @torch.no_grad()
+    def reset_adapters(self, seed: int) -> None:
+        """PEFT's init: A ~ kaiming-uniform(a=sqrt 5) = U(+-1/sqrt(in)), B = 0; same A for all users if same_init."""
+        g = torch.Generator().manual_seed(seed)
+        for layer in self.layers.values():
+            n, d_in, r = layer.lora_A.shape
+            bound = 1.0 / math.sqrt(d_in)
+            count = 1 if self.cfg.same_init else n
+            a = (torch.rand(count, d_in, r, generator=g) * 2 - 1) * bound
+            layer.lora_A.copy_(a.expand(n, d_in, r))
+            layer.lora_B.zero_()
+
+    @torch.no_grad()
+    def get_flat(self) -> torch.Tensor:
+        """Every user's adapter as one fp32 vector: ``[N, P]``."""
+        return torch.cat([p.detach().reshape(self.n_users, -1) for p in self.adapter_parameters()], dim=1)
+
+    @torch.no_grad()
+    def set_flat(self, flat: torch.Tensor) -> None:
+        """Inverse of :meth:`get_flat`."""
+        params = self.adapter_parameters()
+        total = sum(p[0].numel() for p in params)
+        if tuple(flat.shape) != (self.n_users, total):
+            raise ValueError(f"flat adapters must be [{self.n_users}, {total}], got {list(flat.shape)}")
+        off = 0
+        for p in params:
+            k = p[0].numel()
+            p.copy_(flat[:, off : off + k].reshape(p.shape))
+            off += k
+
+    def adapters_enabled(self, on: bool) -> None:
+        """Switch every adapter off (base model only) or on."""
+        self._shared.enabled = on
+
+    # ---- forward ------------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``input_ids: [N*B, T]`` user-major -> logits ``[N*B, T, V]``."""
+        try:
+            return self.model(input_ids=input_ids, use_cache=False).logits
+        finally:
+            self._shared.clear()
+
+    # ---- export -------------------------------------------------------------------------------
+    def peft_state_dict(self, user: int) -> dict[str, torch.Tensor]:
+        """User ``user``'s adapter under PEFT's key names (lora_A.weight: [r, in], lora_B.weight: [out, r])."""
+        sd = {}
+        for name, layer in self.layers.items():
+            sd[f"base_model.model.{name}.lora_A.weight"] = layer.lora_A[user].detach().T.contiguous().float()
+            sd[f"base_model.model.{name}.lora_B.weight"] = layer.lora_B[user].detach().T.contiguous().float()
+        return sd
+
+    def export_peft(self, user: int, out_dir: str | Path, base_name: str) -> Path:
+        """Write ``adapter_config.json`` + ``adapter_model.safetensors`` loadable by ``PeftModel.from_pretrained``."""
+        from safetensors.torch import save
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        pattern = "^(" + "|".join(re.escape(n) for n in self.target_names) + ")$"
+        fan = any(layer.fan_in_fan_out for layer in self.layers.values())
+        config = {
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": base_name,
+            "r": self.cfg.r,
+            "lora_alpha": self.cfg.alpha,
+            "lora_dropout": self.cfg.dropout,
+            "target_modules": pattern,
+            "fan_in_fan_out": fan,
+            "bias": "none",
+            "inference_mode": True,
+            "init_lora_weights": True,
+            "use_rslora": False,
+            "use_dora": False,
+            "modules_to_save": None,
+        }
+        atomic_write_bytes(out / "adapter_model.safetensors", save(self.peft_state_dict(user)))
+        atomic_write_text(out / "adapter_config.json", json.dumps(config, indent=2) + "\n")
+        return out

@@ -1,0 +1,196 @@
+"""Algorithm 1, written once: local steps, messages, trust, aggregation, evaluation, per round.
+
+The protocol only talks to the outside through a :class:`~trustlora.comm.Communicator` (all-gathers)
+and a ``record`` callback (metrics records as dicts), so the in-process simulation and a multi-process
+runtime run the very same code::
+
+    proto = Protocol(mm, trainer, data, cfg, comm, mixture, record=print)
+    proto.evaluate_base()
+    for r in range(1, len(proto.schedule) + 1):
+        proto.run_round(r)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from trustlora.aggregate import mix_updates, mix_weights
+from trustlora.comm import Communicator
+from trustlora.config import Config
+from trustlora.model.multilora import MultiLoRA
+from trustlora.train import LocalTrainer, cross_losses, evaluate, topk_predictions
+from trustlora.trust import TrustInputs, get
+
+
+def round_schedule(steps: int, warmup: int, period: int) -> list[int]:
+    """Local steps of each round: the warm-up first (if any), then ``period`` steps until ``steps``."""
+    out = [warmup] if warmup > 0 else []
+    rest = steps - warmup
+    while rest > 0:
+        out.append(min(period, rest))
+        rest -= out[-1]
+    return out
+
+
+@dataclass
+class LocalData:
+    """Token streams of the users hosted here (index = local slot) and the shared reference set."""
+
+    train: list[torch.Tensor]
+    val: list[torch.Tensor]
+    test: list[torch.Tensor]
+    reference: torch.Tensor
+
+
+class Protocol:
+    def __init__(
+        self,
+        mm: MultiLoRA,
+        trainer: LocalTrainer,
+        data: LocalData,
+        cfg: Config,
+        comm: Communicator,
+        mixture: np.ndarray,
+        record: Callable[[dict], None],
+        progress: Callable[[str], None] | None = None,
+    ):
+        self.mm, self.trainer, self.data, self.cfg, self.comm = mm, trainer, data, cfg, comm
+        self.mixture = mixture
+        self.record = record
+        self.progress = progress or (lambda msg: None)
+        self.strategy = get(cfg.strategy)
+        self.schedule = round_schedule(cfg.train.steps, cfg.train.warmup, cfg.train.period)
+        self.users = comm.local_users
+
+    # ---- evaluation ---------------------------------------------------------------------------
+    def evaluate(self, round_: int, step: int, full: bool, base: bool = False) -> dict[str, list[float]]:
+        """Per-user val and test perplexity; subsampled to ``eval.during_tokens`` unless ``full``."""
+        ev, tr = self.cfg.eval, self.cfg.train
+        max_tokens = 0 if full else ev.during_tokens
+        out = {}
+        for split in ("val", "test"):
+            self.progress(f"eval {split}{' (base model)' if base else ''}")
+            streams = getattr(self.data, split)
+            loss, ppl = evaluate(self.mm, streams, tr.seq_len, ev.batch_size, tr.precision, max_tokens, base=base)
+            rec = {
+                "kind": "eval",
+                "round": round_,
+                "step": step,
+                "split": split,
+                "full": full,
+                "users": self.users,
+                "loss": loss,
+                "ppl": ppl,
+            }
+            if base:
+                rec["model"] = "base"
+            self.record(rec)
+            out[split] = ppl
+        return out
+
+    def evaluate_base(self) -> dict[str, list[float]]:
+        return self.evaluate(0, 0, full=True, base=True)
+
+    # ---- messages and trust -------------------------------------------------------------------
+    def _val_cross(self, thetas: torch.Tensor) -> torch.Tensor:
+        """[n_local, N] CE of every user's model on each local user's val split.
+
+        Peers' adapters are loaded into this process's slots chunk by chunk (one chunk in simulation).
+        """
+        n_local, n = len(self.users), self.comm.n_users
+        own = self.mm.get_flat()
+        tr, tc = self.cfg.train, self.cfg.trust
+        out = torch.zeros(n_local, n, dtype=torch.float64)
+        for start in range(0, n, n_local):
+            chunk = list(range(start, min(start + n_local, n)))
+            if chunk != self.users:
+                slots = thetas[chunk]
+                if len(chunk) < n_local:  # pad the last chunk with copies
+                    slots = torch.cat([slots, slots[-1:].expand(n_local - len(chunk), -1)])
+                self.mm.set_flat(slots)
+            for i in range(n_local):
+                losses = cross_losses(
+                    self.mm, self.data.val[i], tr.seq_len, self.cfg.eval.batch_size, tr.precision, tc.val_tokens
+                )
+                out[i, chunk] = losses[: len(chunk)]
+        self.mm.set_flat(own)
+        return out
+
+    def exchange(self, before: torch.Tensor, after: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Publish messages, compute this process's trust rows, aggregate. Returns (W rows, scores)."""
+        strat, tc = self.strategy, self.cfg.trust
+        inp = TrustInputs(users=self.users, n_users=self.comm.n_users, mixture=self.mixture)
+        thetas = None
+        if "theta" in strat.needs or tc.mode == "weight":
+            thetas = self.comm.all_gather(after, "theta")
+            inp.theta = thetas
+        if "val_cross" in strat.needs:
+            self.progress("trust: peers on val")
+            inp.val_losses = self._val_cross(thetas)
+        if "topk" in strat.needs:
+            self.progress("trust: predictions on X_S")
+            tr = self.cfg.train
+            v, i = topk_predictions(
+                self.mm,
+                self.data.reference,
+                tc.topk,
+                tc.logit_space,
+                tr.seq_len,
+                self.cfg.eval.batch_size,
+                tr.precision,
+            )
+            inp.topk_values = self.comm.all_gather(v, "topk_values")
+            inp.topk_indices = self.comm.all_gather(i, "topk_indices")
+        w, scores = strat.trust(inp, tc)
+        if tc.mode == "update":
+            deltas = self.comm.all_gather(after - before, "delta") if strat.exchanges else None
+            new = mix_updates(before, deltas, w) if deltas is not None else after
+        else:
+            new = mix_weights(thetas, w)
+        self.mm.set_flat(new.to(after.dtype))
+        return w, scores
+
+    # ---- one round ----------------------------------------------------------------------------
+    def run_round(self, r: int, step_callback: Callable[[], None] | None = None) -> int:
+        """Round r (1-based): local steps, exchange, evaluation. Returns the global step after it."""
+        k = self.schedule[r - 1]
+        step0 = sum(self.schedule[: r - 1])
+        before = self.mm.get_flat()
+        losses = []
+        t0 = time.perf_counter()
+        for _ in range(k):
+            losses.append(self.trainer.step())
+            if step_callback is not None:
+                step_callback()
+        step = step0 + k
+        self.record(
+            {
+                "kind": "train",
+                "round": r,
+                "step": step,
+                "users": self.users,
+                "loss": torch.stack(losses).mean(0).tolist(),
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+        after = self.mm.get_flat()
+        self.comm.reset_bytes()
+        w, scores = self.exchange(before, after)
+        self.record(
+            {
+                "kind": "trust",
+                "round": r,
+                "step": step,
+                "users": self.users,
+                "W": w.tolist(),
+                "scores": None if scores is None else scores.tolist(),
+                "bytes": self.comm.sent_bytes(),
+            }
+        )
+        self.evaluate(r, step, full=(r == len(self.schedule)))
+        return step

@@ -1,0 +1,231 @@
+"""Local optimisation and evaluation for the users hosted by one process (no communication, no trust).
+
+:class:`LocalTrainer` owns the stacked model's optimizer and the users' batch samplers::
+
+    tr = LocalTrainer(mm, train_streams, cfg.train, seed=cfg.seed)
+    losses = tr.step()                          # one AdamW step for every user: tensor [N]
+    loss, ppl = evaluate(mm, test_streams, seq_len=128, batch_size=8, precision="bf16")
+    S_row = cross_losses(mm, val_stream_i, ...)  # CE of every slot's adapter on one user's text: [N]
+    values, idx = topk_predictions(mm, ref_stream, k=10, ...)  # [N, M, k] sparse top-k predictions
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trustlora.config import TrainConfig
+from trustlora.model.multilora import MultiLoRA
+
+
+def autocast(precision: str):
+    """bf16 autocast on CPU (or a no-op for fp32)."""
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def per_user_loss(
+    logits: torch.Tensor, input_ids: torch.Tensor, n_users: int, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token CE summed per user.
+
+    logits ``[N*B, T, V]``, input_ids ``[N*B, T]``, mask ``[N*B, T]`` (1 = real token).
+    Labels are shifted with -100 padding (as HF does; slicing logits would copy them).
+    Returns ``(nll_sum [N], token_count [N])``.
+    """
+    labels = torch.full_like(input_ids, -100)
+    labels[:, :-1] = input_ids[:, 1:]
+    if mask is not None:
+        valid_next = torch.zeros_like(mask, dtype=torch.bool)
+        valid_next[:, :-1] = mask[:, 1:].bool() & mask[:, :-1].bool()
+        labels = labels.masked_fill(~valid_next, -100)
+    v = logits.shape[-1]
+    nll = F.cross_entropy(logits.reshape(-1, v).float(), labels.reshape(-1), reduction="none", ignore_index=-100)
+    nll = nll.reshape(n_users, -1)  # (N, B*T)
+    count = (labels != -100).reshape(n_users, -1).sum(1)
+    return nll.sum(1), count
+
+
+def windows(stream: torch.Tensor, seq_len: int, max_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut a token stream into non-overlapping windows (last one padded). Returns ``(ids, mask)`` ``[W, T]``."""
+    if max_tokens:
+        stream = stream[:max_tokens]
+    n = max(1, math.ceil(len(stream) / seq_len))
+    ids = torch.zeros(n * seq_len, dtype=torch.long)
+    mask = torch.zeros(n * seq_len, dtype=torch.long)
+    ids[: len(stream)] = stream
+    mask[: len(stream)] = 1
+    return ids.view(n, seq_len), mask.view(n, seq_len)
+
+
+@torch.no_grad()
+def _stacked_eval(
+    mm: MultiLoRA, per_slot: list[tuple[torch.Tensor, torch.Tensor]], batch_size: int, precision: str, on_batch=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run each slot's windows through its own adapter; returns (nll_sum [N], count [N])."""
+    n = mm.n_users
+    assert len(per_slot) == n
+    was_training = mm.training
+    mm.eval()
+    total = torch.zeros(n, dtype=torch.float64)
+    count = torch.zeros(n, dtype=torch.long)
+    n_win = max(ids.shape[0] for ids, _ in per_slot)
+    seq_len = per_slot[0][0].shape[1]
+    for start in range(0, n_win, batch_size):
+        b = min(batch_size, n_win - start)
+        ids = torch.zeros(n, b, seq_len, dtype=torch.long)
+        mask = torch.zeros(n, b, seq_len, dtype=torch.long)
+        for u, (w_ids, w_mask) in enumerate(per_slot):
+            part = w_ids[start : start + b]
+            ids[u, : len(part)] = part
+            mask[u, : len(part)] = w_mask[start : start + b]
+        ids, mask = ids.view(n * b, seq_len), mask.view(n * b, seq_len)
+        with autocast(precision):
+            logits = mm(ids)
+        s, c = per_user_loss(logits, ids, n, mask)
+        total += s.double()
+        count += c
+        if on_batch is not None:
+            on_batch(logits, mask)
+    mm.train(was_training)
+    return total, count
+
+
+def evaluate(
+    mm: MultiLoRA,
+    streams: list[torch.Tensor],
+    seq_len: int,
+    batch_size: int,
+    precision: str,
+    max_tokens: int = 0,
+    base: bool = False,
+) -> tuple[list[float], list[float]]:
+    """Per-user mean next-token loss and perplexity of slot u's adapter on ``streams[u]``.
+
+    Deterministic: the first ``max_tokens`` tokens (0 = all) in fixed windows. ``base=True`` turns every
+    adapter off (the frozen pretrained model).
+    """
+    per_slot = [windows(s, seq_len, max_tokens) for s in streams]
+    mm.adapters_enabled(not base)
+    try:
+        total, count = _stacked_eval(mm, per_slot, batch_size, precision)
+    finally:
+        mm.adapters_enabled(True)
+    loss = (total / count.clamp_min(1).double()).tolist()
+    return loss, [math.exp(min(x, 50.0)) for x in loss]
+
+
+def cross_losses(
+    mm: MultiLoRA, stream: torch.Tensor, seq_len: int, batch_size: int, precision: str, max_tokens: int
+) -> torch.Tensor:
+    """Mean CE of every slot's adapter on the same text (one user's val split): ``[N]`` float64.
+
+    One stacked pass per batch: the text is placed in all N slots, so N models are scored at once.
+    """
+    w = windows(stream, seq_len, max_tokens)
+    total, count = _stacked_eval(mm, [w] * mm.n_users, batch_size, precision)
+    return total / count.clamp_min(1).double()
+
+
+def topk_predictions(
+    mm: MultiLoRA, stream: torch.Tensor, k: int, space: str, seq_len: int, batch_size: int, precision: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every slot's top-k next-token predictions on the shared reference text.
+
+    Returns ``values [N, M, k]`` (float32; probabilities or raw logits) and ``indices [N, M, k]`` (int32)
+    over the M real token positions of the reference windows.
+    """
+    w_ids, w_mask = windows(stream, seq_len)
+    n = mm.n_users
+    vals, idxs = [], []
+
+    def keep(logits: torch.Tensor, mask: torch.Tensor) -> None:
+        x = logits.float()
+        if space == "probs":
+            x = torch.softmax(x, dim=-1)
+        v, i = torch.topk(x, k, dim=-1)  # (N*b, T, k)
+        b = logits.shape[0] // n
+        m = mask.view(n, b * seq_len)[0].bool()  # same windows in every slot
+        vals.append(v.view(n, b * seq_len, k)[:, m])
+        idxs.append(i.view(n, b * seq_len, k)[:, m].to(torch.int32))
+
+    _stacked_eval(mm, [(w_ids, w_mask)] * n, batch_size, precision, on_batch=keep)
+    return torch.cat(vals, dim=1), torch.cat(idxs, dim=1)
+
+
+class LocalTrainer:
+    """AdamW over the stacked adapters with per-user batches and per-user gradient clipping.
+
+    AdamW is elementwise, so one optimizer over ``[N, ...]`` tensors equals N per-user optimizers.
+    """
+
+    def __init__(
+        self,
+        mm: MultiLoRA,
+        train_streams: list[torch.Tensor],
+        cfg: TrainConfig,
+        seed: int,
+        user_ids: list[int] | None = None,
+    ):
+        self.mm = mm
+        self.cfg = cfg
+        self.streams = train_streams
+        self.n = mm.n_users
+        ids = user_ids if user_ids is not None else list(range(self.n))
+        for u, s in zip(ids, train_streams, strict=True):
+            if len(s) < cfg.seq_len + 1:
+                raise ValueError(
+                    f"user {u}: train split has {len(s)} tokens, fewer than one training sequence "
+                    f"(train.seq_len={cfg.seq_len} + 1); raise data.train_tokens or lower train.seq_len"
+                )
+        self.rngs = [np.random.default_rng([seed, u]) for u in ids]
+        self.opt = torch.optim.AdamW(mm.adapter_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+
+    def sample_batch(self) -> torch.Tensor:
+        """``[N*B, T]`` user-major batch of random windows from each user's train stream."""
+        t, b = self.cfg.seq_len, self.cfg.batch_size
+        rows = []
+        for s, rng in zip(self.streams, self.rngs, strict=True):
+            starts = rng.integers(0, len(s) - t + 1, size=b)
+            rows += [s[i : i + t] for i in starts]
+        return torch.stack(rows)
+
+    def clip_per_user(self) -> torch.Tensor:
+        """Clip each user's gradient to ``grad_clip`` separately; returns the pre-clip norms ``[N]``."""
+        params = [p for p in self.mm.adapter_parameters() if p.grad is not None]
+        sq = torch.zeros(self.n)
+        for p in params:
+            sq += p.grad.float().pow(2).reshape(self.n, -1).sum(1)
+        norms = sq.sqrt()
+        if self.cfg.grad_clip > 0:
+            coef = (self.cfg.grad_clip / (norms + 1e-6)).clamp(max=1.0)
+            for p in params:
+                p.grad.mul_(coef.view(-1, *([1] * (p.grad.dim() - 1))).to(p.grad.dtype))
+        return norms
+
+    def step(self) -> torch.Tensor:
+        """One optimizer step for every user; returns each user's mean train loss ``[N]``."""
+        self.mm.train()
+        ids = self.sample_batch()
+        with autocast(self.cfg.precision):
+            logits = self.mm(ids)
+        nll, count = per_user_loss(logits, ids, self.n)
+        loss = nll / count  # (N,) each user's own mean: its gradient is the user's alone
+        loss.sum().backward()
+        self.clip_per_user()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def state_dict(self) -> dict:
+        return {"opt": self.opt.state_dict(), "rngs": [r.bit_generator.state for r in self.rngs]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state["opt"])
+        for r, s in zip(self.rngs, state["rngs"], strict=True):
+            r.bit_generator.state = s

@@ -1,0 +1,80 @@
+"""Trust strategies: registry name -> strategy; each strategy lives in its own module.
+
+A strategy says which messages it needs (``needs``) and turns a :class:`TrustInputs` into the
+trust rows of the users this process hosts::
+
+    from trustlora.trust import get
+    strat = get("predictions")
+    W_rows, scores = strat.trust(inputs, cfg.trust)   # W_rows: [n_local, N], row-stochastic
+
+Registering a name twice, or asking for an unknown one, fails loudly and lists the valid names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from trustlora.config import ConfigError, TrustConfig
+
+
+@dataclass
+class TrustInputs:
+    """Everything a strategy may read. Tensors cover all N users unless noted."""
+
+    users: list[int]
+    """Global indices of the users whose rows are computed here."""
+    n_users: int
+    mixture: np.ndarray | None = None
+    """[N, C] data mixture D (oracle only)."""
+    theta: torch.Tensor | None = None
+    """[N, P] adapters after local training (strategy 'weights')."""
+    val_losses: torch.Tensor | None = None
+    """[n_local, N] mean CE of model j on local user i's val split (strategy 'validation')."""
+    topk_values: torch.Tensor | None = None
+    """[N, M, k] top-k predicted values on X_S (strategy 'predictions')."""
+    topk_indices: torch.Tensor | None = None
+    """[N, M, k] their token ids."""
+    extra: dict = field(default_factory=dict)
+
+
+class Strategy(Protocol):
+    name: str
+    needs: tuple[str, ...]
+    """Message kinds this strategy consumes: 'theta', 'val_cross', 'topk'."""
+    exchanges: bool
+    """Whether users exchange updates at all (False only for local training)."""
+
+    def trust(self, inp: TrustInputs, cfg: TrustConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return (W rows [n_local, N] float64, raw scores [n_local, N] or None)."""
+        ...
+
+
+_REGISTRY: dict[str, Strategy] = {}
+
+
+def register(strategy: Strategy) -> Strategy:
+    if strategy.name in _REGISTRY:
+        raise ValueError(f"trust strategy '{strategy.name}' is registered twice")
+    _REGISTRY[strategy.name] = strategy
+    return strategy
+
+
+def names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get(name: str) -> Strategy:
+    if name not in _REGISTRY:
+        raise ConfigError(f"strategy: unknown strategy '{name}'; expected one of: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+# one module per strategy; importing registers it (order = display order)
+from trustlora.trust import fedavg, local, oracle, predictions, validation, weights  # noqa: E402, F401, I001
+
+_ORDER = ["local", "fedavg", "oracle", "weights", "validation", "predictions"]
+_REGISTRY = {k: _REGISTRY[k] for k in _ORDER if k in _REGISTRY} | _REGISTRY

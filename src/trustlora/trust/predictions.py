@@ -1,0 +1,53 @@
+"""Strategy 'predictions' (paper 3.2.3): top-k sparse predictions on the public set X_S.
+
+Each user shares, per position of X_S, its k largest predicted values and their token ids (COO).
+S_ij = mean over positions of the L1 distance between the two sparse vectors (absent entries are 0);
+W = softmax(-S/tau).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from trustlora.trust.normalise import normalise
+
+
+def sparse_l1(v_a: torch.Tensor, i_a: torch.Tensor, v_b: torch.Tensor, i_b: torch.Tensor) -> torch.Tensor:
+    """Mean L1 distance between two sets of sparse vectors.
+
+    v_*, i_*: [M, k] values and indices per position. Returns a scalar (float64):
+    mean_m sum_t |a_m[t] - b_m[t]| where a_m, b_m are zero outside their k indices.
+    """
+    va, vb = v_a.double(), v_b.double()
+    match = i_a.unsqueeze(2) == i_b.unsqueeze(1)  # (M, k, k): a's t-th index equals b's s-th index
+    # b's value at each of a's indices (0 where absent), and whether each of b's indices is in a
+    b_at_a = (match.double() * vb.unsqueeze(1)).sum(2)  # (M, k)
+    b_in_a = match.any(1)  # (M, k)
+    dist = (va - b_at_a).abs().sum(1) + (vb.abs() * (~b_in_a).double()).sum(1)
+    return dist.mean()
+
+
+def prediction_scores(values: torch.Tensor, indices: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """values/indices [N, M, k] -> distance of users ``rows`` to every user: [len(rows), N] float64."""
+    n = values.shape[0]
+    out = torch.zeros(len(rows), n, dtype=torch.float64)
+    for a, i in enumerate(rows):
+        for j in range(n):
+            if j != i:
+                out[a, j] = sparse_l1(values[i], indices[i], values[j], indices[j])
+    return out
+
+
+class Predictions:
+    name = "predictions"
+    needs: tuple[str, ...] = ("topk",)
+    exchanges = True
+
+    def trust(self, inp, cfg):
+        s = prediction_scores(inp.topk_values, inp.topk_indices, inp.users)
+        return normalise(s, cfg, higher_is_better=False), s
+
+
+from trustlora.trust import register  # noqa: E402
+
+register(Predictions())
