@@ -162,7 +162,7 @@ class TrustConfig:
     mode: str = "update"
     """'update' (theta_i <- theta_i_before + sum_j w_ij delta_j) or 'weight' (theta_i <- sum_j w_ij theta_j)."""
     scale: str = "none"
-    """Score rescaling before the normaliser: 'none', 'row_l1' (S / sum_j S_ij * 10, as the official code) or 'row_mean'."""
+    """Score rescaling before the normaliser: 'none', 'row_l1' (S / sum_j S_ij * 10, official code), 'row_mean'."""
     topk: int = 10
     """Strategy 'predictions': logits kept per position."""
     logit_space: str = "probs"

@@ -1,0 +1,123 @@
+"""Algorithm 1 end to end on a tiny model and own data: schedule, strategies' effects, resume, outputs."""
+
+import json
+
+import pytest
+import torch
+
+from trustlora import api
+from trustlora.config import ConfigError, load_config
+from trustlora.protocol import Protocol, round_schedule
+from trustlora.train import cross_losses, evaluate, topk_predictions
+
+
+def test_round_schedule():
+    assert round_schedule(30, 10, 5) == [10, 5, 5, 5, 5]
+    assert round_schedule(12, 0, 5) == [5, 5, 2]
+    assert round_schedule(10, 10, 5) == [10]
+    assert sum(round_schedule(500, 100, 25)) == 500 and len(round_schedule(500, 100, 25)) == 17
+
+
+def _run(overrides, tmp_path, name, extra=()):
+    cfg = load_config(None, list(overrides) + [f"out={tmp_path / name}"] + list(extra))
+    return api.run(cfg, progress=False, log=lambda *a: None), cfg
+
+
+def _adapters(run_dir):
+    from safetensors.torch import load_file
+
+    users = sorted((run_dir / "adapters").iterdir())
+    return [
+        torch.cat([t.flatten() for _, t in sorted(load_file(u / "adapter_model.safetensors").items())]) for u in users
+    ]
+
+
+def test_fedavg_makes_identical_adapters_local_does_not(tiny_overrides, tmp_path):
+    fed, _ = _run(tiny_overrides, tmp_path, "fed", ["strategy=fedavg"])
+    loc, _ = _run(tiny_overrides, tmp_path, "loc", ["strategy=local"])
+    a_fed, a_loc = _adapters(fed), _adapters(loc)
+    for a in a_fed[1:]:
+        torch.testing.assert_close(a, a_fed[0])
+    assert not torch.allclose(a_loc[0], a_loc[1])
+    s = json.loads((loc / "summary.json").read_text())
+    assert s["final_mean_test_ppl"] < s["base_mean_test_ppl"]  # training helps even the tiny model
+    assert s["bytes_per_round"] == {}
+    sf = json.loads((fed / "summary.json").read_text())
+    assert sf["bytes_per_round"]["delta"] == 4 * sf["adapter_params_per_user"]
+
+
+def test_outputs_and_metrics(tiny_overrides, tmp_path):
+    run_dir, cfg = _run(tiny_overrides, tmp_path, "pred", ["strategy=predictions"])
+    for f in ("config.yaml", "metrics.jsonl", "summary.json", "report.md", "W_final.png", "curves.png"):
+        assert (run_dir / f).is_file(), f
+    assert not (run_dir / "checkpoint.pt").exists()
+    recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    trust = [r for r in recs if r["kind"] == "trust"]
+    assert [r["step"] for r in trust] == [2, 4, 6]
+    for r in trust:
+        w = torch.tensor(r["W"])
+        torch.testing.assert_close(w.sum(1), torch.ones(3, dtype=w.dtype))
+        assert r["bytes"]["topk_values"] > 0 and r["bytes"]["delta"] > 0
+    finals = [r for r in recs if r["kind"] == "eval" and r["full"] and r["round"] == 3]
+    assert {r["split"] for r in finals} == {"val", "test"}
+
+
+def test_resume_after_crash_gives_identical_result(tiny_overrides, tmp_path, monkeypatch):
+    ref, _ = _run(tiny_overrides, tmp_path, "ref", ["strategy=weights"])
+    orig = Protocol.run_round
+
+    def crashing(self, r, step_callback=None):
+        if r == 3:
+            raise RuntimeError("simulated crash")
+        return orig(self, r, step_callback)
+
+    monkeypatch.setattr(Protocol, "run_round", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _run(tiny_overrides, tmp_path, "crash", ["strategy=weights"])
+    assert (tmp_path / "crash" / "checkpoint.pt").is_file()
+    monkeypatch.setattr(Protocol, "run_round", orig)
+    resumed, _ = _run(tiny_overrides, tmp_path, "crash", ["strategy=weights"])
+    for a, b in zip(_adapters(ref), _adapters(resumed), strict=True):
+        torch.testing.assert_close(a, b)
+    s_ref = json.loads((ref / "summary.json").read_text())
+    s_res = json.loads((resumed / "summary.json").read_text())
+    assert s_ref["final_test_ppl"] == pytest.approx(s_res["final_test_ppl"], rel=1e-6)
+    # a finished run directory is never overwritten
+    with pytest.raises(ConfigError, match="already holds a finished run"):
+        _run(tiny_overrides, tmp_path, "crash", ["strategy=weights"])
+    # a different config does not resume into someone else's checkpoint
+    monkeypatch.setattr(Protocol, "run_round", crashing)
+    with pytest.raises(RuntimeError):
+        _run(tiny_overrides, tmp_path, "crash2", ["strategy=weights"])
+    monkeypatch.setattr(Protocol, "run_round", orig)
+    with pytest.raises(ConfigError, match="different config"):
+        _run(tiny_overrides, tmp_path, "crash2", ["strategy=fedavg"])
+
+
+def test_validation_strategy_cross_losses_consistent(tiny_overrides, tmp_path):
+    cfg = load_config(None, tiny_overrides + ["strategy=validation"])
+    ws = api.prepare(cfg, log=lambda *a: None)
+    mm, part = ws.mm, ws.partition
+    g = torch.Generator().manual_seed(0)
+    mm.set_flat(torch.randn(mm.get_flat().shape, generator=g) * 0.05)
+    val = [u.val for u in part.users]
+    own, _ = evaluate(mm, val, 32, 4, "fp32", max_tokens=128)
+    for i in range(3):
+        row = cross_losses(mm, val[i], 32, 4, "fp32", 128)
+        assert row[i].item() == pytest.approx(own[i], rel=1e-5)
+        # slot j on user i's text equals evaluating adapter j on it
+        for j in range(3):
+            streams = [val[i]] * 3
+            loss_j, _ = evaluate(mm, streams, 32, 4, "fp32", max_tokens=128)
+            assert row[j].item() == pytest.approx(loss_j[j], rel=1e-5)
+    v, idx = topk_predictions(mm, part.reference, 5, "probs", 32, 4, "fp32")
+    assert v.shape == (3, len(part.reference), 5) and idx.dtype == torch.int32
+    assert torch.all(v.sum(-1) <= 1 + 1e-5) and torch.all(v[..., :-1] >= v[..., 1:])
+
+
+@pytest.mark.parametrize("strategy", ["oracle", "validation", "weights"])
+def test_every_strategy_runs_and_learns(tiny_overrides, tmp_path, strategy):
+    run_dir, _ = _run(tiny_overrides, tmp_path, strategy, [f"strategy={strategy}", "trust.mode=weight"])
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["final_mean_test_ppl"] < s["base_mean_test_ppl"]
+    assert len(s["final_W"]) == 3
