@@ -115,9 +115,13 @@ def test_sparse_l1_matches_dense_reference():
         assert abs(float(got) - ref) < 1e-9
     s = prediction_scores(inp.topk_values, inp.topk_indices, list(range(N)))
     assert torch.all(s.diagonal() == 0) and torch.allclose(s, s.T)
-    w, _ = get("predictions").trust(inp, TrustConfig())
+    w, _ = get("predictions").trust(inp, TrustConfig(scale="none"))
     ref = np.exp(-s.numpy()) / np.exp(-s.numpy()).sum(1, keepdims=True)
     np.testing.assert_allclose(w.numpy(), ref, atol=1e-12)
+    # default ('auto'): rows rescaled to sum 10 first, as the official code does
+    w, _ = get("predictions").trust(inp, TrustConfig())
+    sc = s.numpy() / s.numpy().sum(1, keepdims=True) * 10
+    np.testing.assert_allclose(w.numpy(), np.exp(-sc) / np.exp(-sc).sum(1, keepdims=True), atol=1e-12)
 
 
 def test_normalisers_topk_threshold_and_rescale():

@@ -74,11 +74,11 @@ class DataConfig:
     """Seed of the document shuffle and split (separate from the model seed)."""
     train_tokens: int = 40960
     """Training tokens per user."""
-    val_tokens: int = 4096
+    val_tokens: int = 2048
     """Validation tokens per user (strategy 'validation' trusts on this split)."""
-    test_tokens: int = 8192
+    test_tokens: int = 4096
     """Test tokens per user (reported perplexity)."""
-    reference_tokens: int = 2048
+    reference_tokens: int = 1024
     """Tokens of the shared public reference set X_S, drawn equally from every category."""
 
     def validate(self) -> None:
@@ -112,9 +112,9 @@ class DataConfig:
 class TrainConfig:
     """Local optimisation and the round schedule (Algorithm 1)."""
 
-    steps: int = 30
+    steps: int = 20
     """Total local optimizer steps per user (warm-up included)."""
-    warmup: int = 10
+    warmup: int = 5
     """Local steps before the first exchange."""
     period: int = 5
     """Local steps between exchanges (K)."""
@@ -161,14 +161,16 @@ class TrustConfig:
     """For normaliser 'threshold': minimum normalised score (0..1, 1 = best in row) to keep weight."""
     mode: str = "update"
     """'update' (theta_i <- theta_i_before + sum_j w_ij delta_j) or 'weight' (theta_i <- sum_j w_ij theta_j)."""
-    scale: str = "none"
-    """Score rescaling before the normaliser: 'none', 'row_l1' (S / sum_j S_ij * 10, official code), 'row_mean'."""
+    scale: str = "auto"
+    """Score rescaling before the normaliser: 'none', 'row_l1' (S / sum_j S_ij * 10, official code), 'row_mean',
+    or 'auto' = the strategy's own default (row_l1 for predictions, whose L1 distances have no natural unit;
+    none for validation, whose CE is in nats, and for weights, whose cosine is in [-1, 1])."""
     topk: int = 10
     """Strategy 'predictions': logits kept per position."""
     logit_space: str = "probs"
     """Strategy 'predictions': compare 'probs' (softmax, then top-k) or raw 'logits'."""
-    val_tokens: int = 1024
-    """Strategy 'validation': tokens of each user's val split scored by every peer model."""
+    val_tokens: int = 512
+    """Strategy 'validation': tokens of each user's val split scored by every peer model (N^2 evaluations)."""
     val_metric: str = "loss"
     """Strategy 'validation': 'loss' (mean CE, default) or 'ppl' (perplexity, official code)."""
 
@@ -208,7 +210,7 @@ class EvalConfig:
 
     batch_size: int = 8
     """Sequences per user per evaluation forward."""
-    during_tokens: int = 1024
+    during_tokens: int = 512
     """Test/val tokens per user evaluated after each round (0 = full split); the final evaluation is always full."""
 
 

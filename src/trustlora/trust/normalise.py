@@ -44,9 +44,9 @@ def threshold_rows(sim: torch.Tensor, threshold: float) -> torch.Tensor:
     return w / w.sum(dim=1, keepdim=True)
 
 
-def normalise(scores: torch.Tensor, cfg: TrustConfig, higher_is_better: bool) -> torch.Tensor:
-    """Scores [n, N] -> row-stochastic W [n, N] (float64)."""
-    s = rescale(scores, cfg.scale)
+def normalise(scores: torch.Tensor, cfg: TrustConfig, higher_is_better: bool, auto_scale: str = "none") -> torch.Tensor:
+    """Scores [n, N] -> row-stochastic W [n, N] (float64). ``auto_scale`` is used when ``cfg.scale == 'auto'``."""
+    s = rescale(scores, auto_scale if cfg.scale == "auto" else cfg.scale)
     sim = s if higher_is_better else -s
     if cfg.normaliser == "softmax":
         return softmax_rows(sim, cfg.temperature)

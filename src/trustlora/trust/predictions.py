@@ -2,7 +2,7 @@
 
 Each user shares, per position of X_S, its k largest predicted values and their token ids (COO).
 S_ij = mean over positions of the L1 distance between the two sparse vectors (absent entries are 0);
-W = softmax(-S/tau).
+W = softmax(-S'/tau) with S' = S / sum_j S_ij * 10 by default (``trust.scale``; 'none' = the paper's formula).
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ class Predictions:
 
     def trust(self, inp, cfg):
         s = prediction_scores(inp.topk_values, inp.topk_indices, inp.users)
-        return normalise(s, cfg, higher_is_better=False), s
+        # L1 distances have no natural unit: by default rescale rows (S / sum_j S_ij * 10, the official code)
+        return normalise(s, cfg, higher_is_better=False, auto_scale="row_l1"), s
 
 
 from trustlora.trust import register  # noqa: E402
