@@ -191,7 +191,10 @@ class TrustConfig:
         _check(0 <= self.threshold <= 1, "trust.threshold", "a number in [0, 1]", self.threshold)
         _check(self.mode in ("update", "weight"), "trust.mode", "'update' or 'weight'", self.mode)
         _check(
-            self.scale in ("none", "row_l1", "row_mean"), "trust.scale", "'none', 'row_l1' or 'row_mean'", self.scale
+            self.scale in ("auto", "none", "row_l1", "row_mean"),
+            "trust.scale",
+            "auto, none, row_l1 or row_mean",
+            self.scale,
         )
         _check(isinstance(self.topk, int) and self.topk >= 1, "trust.topk", "an integer >= 1", self.topk)
         _check(self.logit_space in ("probs", "logits"), "trust.logit_space", "'probs' or 'logits'", self.logit_space)
