@@ -14,20 +14,48 @@ PRESETS = sorted((ROOT / "configs").rglob("*.yaml"))
 def test_defaults_are_the_embedded_demo():
     cfg = load_config()
     assert (cfg.model, cfg.strategy, cfg.data.source, cfg.data.users, cfg.data.mixture) == (
-        "smollm2", "predictions", "parlspeech", 6, "high")
+        "smollm2",
+        "predictions",
+        "parlspeech",
+        6,
+        "high",
+    )
 
 
 def test_dotted_overrides_of_every_documented_key(tmp_path):
-    cfg = load_config(None, [
-        f"out={tmp_path}", "model=gpt2", "strategy=validation", "seed=3", "data.source=csv", f"data.path={tmp_path}",
-        "data.text_column=body", "data.category_column=label", "data.users=4", "data.mixture=low", "data.seed=7",
-        "train.steps=50", "train.warmup=10", "train.period=5", "train.batch_size=3", "train.seq_len=64",
-        "trust.temperature=0.5", "lora.targets=attention,mlp",
-    ])
+    cfg = load_config(
+        None,
+        [
+            f"out={tmp_path}",
+            "model=gpt2",
+            "strategy=validation",
+            "seed=3",
+            "data.source=csv",
+            f"data.path={tmp_path}",
+            "data.text_column=body",
+            "data.category_column=label",
+            "data.users=4",
+            "data.mixture=low",
+            "data.seed=7",
+            "train.steps=50",
+            "train.warmup=10",
+            "train.period=5",
+            "train.batch_size=3",
+            "train.seq_len=64",
+            "trust.temperature=0.5",
+            "lora.targets=attention,mlp",
+        ],
+    )
     assert cfg.out == str(tmp_path) and cfg.model == "gpt2" and cfg.strategy == "validation" and cfg.seed == 3
     d, t = cfg.data, cfg.train
-    assert (d.source, d.text_column, d.category_column, d.users, d.mixture, d.seed) == ("csv", "body", "label", 4,
-                                                                                       "low", 7)
+    assert (d.source, d.text_column, d.category_column, d.users, d.mixture, d.seed) == (
+        "csv",
+        "body",
+        "label",
+        4,
+        "low",
+        7,
+    )
     assert (t.steps, t.warmup, t.period, t.batch_size, t.seq_len) == (50, 10, 5, 3, 64)
     assert cfg.trust.temperature == 0.5 and cfg.lora.targets == ["attention", "mlp"]
 
@@ -39,19 +67,22 @@ def test_yaml_nesting_and_explicit_mixture(tmp_path):
     assert cfg.data.mixture == [[1, 0], [0.5, 0.5]] and cfg.train.steps == 8 and cfg.train.warmup == 2
 
 
-@pytest.mark.parametrize("overrides, match", [
-    (["strategy=foo"], "strategy: expected one of local, fedavg"),
-    (["train.stpes=3"], "unknown config key 'train.stpes'"),
-    (["bogus=1"], "unknown config key 'bogus'"),
-    (["train.steps=abc"], "train.steps: expected an integer"),
-    (["train.warmup=50"], "train.warmup"),
-    (["data.mixture=medium"], "data.mixture"),
-    (["data.users=2", "data.mixture=[[1, 0], [0, -1]]"], "data.mixture: expected non-negative"),
-    (["data.users=3", "data.mixture=[[1, 0], [0, 1]]"], "data.mixture: expected 3 rows"),
-    (["data.source=folder"], "data.path"),
-    (["train.precision=fp16"], "train.precision"),
-    (["train"], "expected key=value"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["strategy=foo"], "strategy: expected one of local, fedavg"),
+        (["train.stpes=3"], "unknown config key 'train.stpes'"),
+        (["bogus=1"], "unknown config key 'bogus'"),
+        (["train.steps=abc"], "train.steps: expected an integer"),
+        (["train.warmup=50"], "train.warmup"),
+        (["data.mixture=medium"], "data.mixture"),
+        (["data.users=2", "data.mixture=[[1, 0], [0, -1]]"], "data.mixture: expected non-negative"),
+        (["data.users=3", "data.mixture=[[1, 0], [0, 1]]"], "data.mixture: expected 3 rows"),
+        (["data.source=folder"], "data.path"),
+        (["train.precision=fp16"], "train.precision"),
+        (["train"], "expected key=value"),
+    ],
+)
 def test_bad_values_name_the_field(overrides, match):
     with pytest.raises(ConfigError, match=match):
         load_config(None, overrides)
@@ -66,17 +97,26 @@ def _cli_error(capsys, argv):
 
 
 def test_cli_user_errors_are_one_line(capsys, tmp_path):
-    assert "unknown strategy" in _cli_error(capsys, ["compare", "strategies=local,nope", "--dry-run"])
+    assert "strategies: expected names from" in _cli_error(capsys, ["compare", "strategies=local,nope", "--dry-run"])
     assert "strategy: expected one of" in _cli_error(capsys, ["run", "strategy=nope"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  steps: [1,\n")
     assert "malformed YAML" in _cli_error(capsys, ["run", "--config", str(bad)])
     assert "not found" in _cli_error(capsys, ["run", "--config", str(tmp_path / "missing.yaml")])
-    err = _cli_error(capsys, ["run", f"out={tmp_path / 'o'}", "model=./no/such/model", "data.source=folder",
-                              f"data.path={tmp_path}"])
+    err = _cli_error(
+        capsys, ["run", f"out={tmp_path / 'o'}", "model=./no/such/model", "data.source=folder", f"data.path={tmp_path}"]
+    )
     assert "model" in err
-    err = _cli_error(capsys, ["run", "model=tiny-random", "data.source=jsonl", f"data.path={tmp_path / 'x.jsonl'}",
-                              f"out={tmp_path / 'o2'}"])
+    err = _cli_error(
+        capsys,
+        [
+            "run",
+            "model=tiny-random",
+            "data.source=jsonl",
+            f"data.path={tmp_path / 'x.jsonl'}",
+            f"out={tmp_path / 'o2'}",
+        ],
+    )
     assert "data.path" in err
 
 

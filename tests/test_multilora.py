@@ -145,3 +145,21 @@ def test_short_train_split_is_clear_error():
     streams = [torch.randint(0, 256, (200,)) for _ in range(N - 1)] + [torch.randint(0, 256, (10,))]
     with pytest.raises(ValueError, match="user 2: train split has 10 tokens"):
         LocalTrainer(mm, streams, TrainConfig(seq_len=T), seed=0)
+
+
+def test_grad_accumulation_averages_micro_batches():
+    from trustlora.config import TrainConfig
+
+    streams = [torch.randint(0, 256, (200,)) for _ in range(N)]
+    grads = []
+    for acc, bs in ((1, 2 * B), (2, B)):
+        base, mm, ids = _setup()
+        cfg = TrainConfig(grad_clip=0, precision="fp32", seq_len=T, batch_size=bs, grad_accum=acc, lr=1e-9)
+        tr = LocalTrainer(mm, streams, cfg, seed=0)
+        full = ids.view(N, B, T).repeat(1, 2, 1)  # (N, 2B, T): every micro-batch is the same
+        tr.sample_batch = lambda f=full, b=bs: f[:, :b].reshape(-1, T)
+        tr.opt.step = lambda: None  # keep the gradient for inspection
+        tr.opt.zero_grad = lambda set_to_none=True: None
+        tr.step()
+        grads.append(torch.cat([p.grad.flatten() for p in mm.adapter_parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-7)

@@ -121,3 +121,24 @@ def test_every_strategy_runs_and_learns(tiny_overrides, tmp_path, strategy):
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["final_mean_test_ppl"] < s["base_mean_test_ppl"]
     assert len(s["final_W"]) == 3
+
+
+def test_trust_recorded_but_not_applied_equals_local_training(tiny_overrides, tmp_path):
+    loc, _ = _run(tiny_overrides, tmp_path, "loc", ["strategy=local"])
+    rec, _ = _run(tiny_overrides, tmp_path, "rec", ["strategy=weights", "trust.apply=false"])
+    for a, b in zip(_adapters(loc), _adapters(rec), strict=True):
+        torch.testing.assert_close(a, b)
+    recs = [json.loads(x) for x in (rec / "metrics.jsonl").read_text().splitlines()]
+    w = torch.tensor([r for r in recs if r["kind"] == "trust"][-1]["W"])
+    assert not torch.allclose(w, torch.eye(3, dtype=w.dtype))  # trust was computed all the same
+
+
+def test_ring_topology_zeroes_non_neighbours(tiny_overrides, tmp_path):
+    over = [o for o in tiny_overrides if not o.startswith("data.users")] + ["data.users=4"]
+    run_dir, _ = _run(over, tmp_path, "ring", ["strategy=fedavg", "trust.topology=ring"])
+    recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    w = torch.tensor([r for r in recs if r["kind"] == "trust"][-1]["W"])
+    expected = torch.tensor([[1, 1, 0, 1], [1, 1, 1, 0], [0, 1, 1, 1], [1, 0, 1, 1]], dtype=w.dtype) / 3
+    torch.testing.assert_close(w, expected)
+    sizes = [r for r in recs if r["kind"] == "trust"][-1]["bytes_equiv"]
+    assert sizes["dense_logits"] == 96 * 257 * 4 and sizes["topk_coo"] == 96 * 10 * 8

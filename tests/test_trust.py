@@ -160,3 +160,17 @@ def test_aggregation_update_and_weight_modes():
         mix_updates(before, after - before, w * 2)
     with pytest.raises(ValueError, match="must be"):
         check_trust(w[:2], N, N)
+
+
+def test_ring_topology_restricts_and_renormalises():
+    from trustlora.aggregate import neighbour_mask, restrict
+
+    m = neighbour_mask(5, "ring")
+    assert m.sum(1).tolist() == [3] * 5 and bool(m[0, 4]) and bool(m[0, 1]) and not bool(m[0, 2])
+    assert bool(neighbour_mask(4, "full").all())
+    w = torch.full((5, 5), 0.2, dtype=torch.float64)
+    r = restrict(w, m)
+    check_trust(r, 5, 5)
+    np.testing.assert_allclose(r[0].numpy(), [1 / 3, 1 / 3, 0, 0, 1 / 3])
+    with pytest.raises(ValueError, match="no trusted neighbour"):
+        restrict(torch.tensor([[0.0, 1.0], [0.0, 1.0]], dtype=torch.float64), torch.eye(2, dtype=torch.bool))

@@ -2,6 +2,7 @@
 
 ``mix_updates(before, deltas, W)``: theta_i <- theta_i_before + sum_j W_ij delta_j   (update mode)
 ``mix_weights(thetas, W)``:        theta_i <- sum_j W_ij theta_j                     (weight mode)
+``restrict(W, neighbour_mask(N, "ring"))``: W limited to a communication graph, rows renormalised.
 Shapes: before [n, P] (this process's users), deltas/thetas [N, P] (everyone), W [n, N] row-stochastic.
 """
 
@@ -25,10 +26,32 @@ def check_trust(w: torch.Tensor, n_rows: int, n_users: int, atol: float = 1e-6) 
 def mix_updates(before: torch.Tensor, deltas: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """theta_i_before + sum_j w_ij delta_j  -> [n, P] (in before's dtype)."""
     check_trust(w, before.shape[0], deltas.shape[0])
-    return before + (w.to(deltas.dtype) @ deltas)
+    return before + (w.to(device=deltas.device, dtype=deltas.dtype) @ deltas)
 
 
 def mix_weights(thetas: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """sum_j w_ij theta_j -> [n, P]."""
     check_trust(w, w.shape[0], thetas.shape[0])
-    return w.to(thetas.dtype) @ thetas
+    return w.to(device=thetas.device, dtype=thetas.dtype) @ thetas
+
+
+def neighbour_mask(n_users: int, topology: str) -> torch.Tensor:
+    """[N, N] bool: who user i may receive from. 'full' = everyone; 'ring' = i-1, i, i+1 (mod N)."""
+    if topology == "full":
+        return torch.ones(n_users, n_users, dtype=torch.bool)
+    if topology == "ring":
+        idx = torch.arange(n_users)
+        m = torch.zeros(n_users, n_users, dtype=torch.bool)
+        for off in (-1, 0, 1):
+            m[idx, (idx + off) % n_users] = True
+        return m
+    raise ValueError(f"unknown topology {topology!r}")
+
+
+def restrict(w: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Zero W outside the graph and renormalise each row over the neighbours (self always kept)."""
+    out = w * mask.to(w.dtype)
+    sums = out.sum(1, keepdim=True)
+    if (sums <= 0).any():
+        raise ValueError("a user has no trusted neighbour left after restricting W to the graph")
+    return out / sums

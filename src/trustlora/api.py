@@ -48,6 +48,7 @@ def _data_key(cfg: Config) -> tuple:
     d = cfg.data
     return (
         cfg.model,
+        cfg.device,
         json.dumps(to_dict(cfg)["data"], sort_keys=True),
         cfg.train.seq_len,
         json.dumps(to_dict(cfg)["lora"], sort_keys=True),
@@ -64,7 +65,7 @@ def prepare(cfg: Config, ws: Workspace | None = None, log=print) -> Workspace:
         return ws
     ws = Workspace(key=key)
     t0 = time.time()
-    ws.model, ws.tokenizer = load_base(cfg.model)
+    ws.model, ws.tokenizer = load_base(cfg.model, device=cfg.device)
     log(
         f"model {cfg.model}: {sum(p.numel() for p in ws.model.parameters()) / 1e6:.1f}M params "
         f"({time.time() - t0:.1f}s)"

@@ -19,17 +19,6 @@ from pathlib import Path
 from trustlora.config import ConfigError, dump_yaml, load_config, parse_override
 
 
-def _split_overrides(items: list[str], extra_keys: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
-    rest, extra = [], {}
-    for it in items:
-        key, _ = parse_override(it)
-        if key in extra_keys:
-            extra[key] = it.split("=", 1)[1]
-        else:
-            rest.append(it)
-    return rest, extra
-
-
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -61,34 +50,21 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _parse_list(text: str, kind, name: str) -> list:
-    try:
-        vals = [kind(v.strip()) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(f"{name}: expected a comma-separated list, got {text!r}") from None
-    if not vals:
-        raise ConfigError(f"{name}: expected at least one value")
-    return vals
-
-
 def cmd_compare(args) -> int:
     from trustlora.trust import names
 
-    overrides, extra = _split_overrides(args.overrides, ("strategies", "seeds", "out"))
-    base_cfg = load_config(args.config, overrides)
-    strategies = _parse_list(extra["strategies"], str, "strategies") if "strategies" in extra else names()
-    for s in strategies:
-        if s not in names():
-            raise ConfigError(f"strategies: unknown strategy '{s}'; expected one of: {', '.join(names())}")
-    seeds = _parse_list(extra["seeds"], int, "seeds") if "seeds" in extra else [base_cfg.seed]
-    out = Path(extra.get("out") or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
+    base_cfg = load_config(args.config, args.overrides)
+    strategies = base_cfg.strategies or names()
+    seeds = base_cfg.seeds or [base_cfg.seed]
+    out = Path(base_cfg.out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
+    overrides = [o for o in args.overrides if parse_override(o)[0] != "out"]
     if args.dry_run:
         print(dump_yaml(base_cfg), end="")
         print(f"# strategies: {strategies}\n# seeds: {seeds}\n# out: {out}")
         return 0
     _quiet_libraries()
     from trustlora import report
-    from trustlora.api import Workspace, run
+    from trustlora.api import Workspace, prepare, run
 
     ws: Workspace | None = None
     rows = []
@@ -98,8 +74,6 @@ def cmd_compare(args) -> int:
             run_dir = out / f"{strat}-seed{seed}"
             if not (run_dir / "summary.json").exists():
                 cfg = load_config(args.config, overrides + [f"strategy={strat}", f"seed={seed}", f"out={run_dir}"])
-                from trustlora.api import prepare
-
                 ws = prepare(cfg, ws)
                 run(cfg, ws=ws, progress=not args.no_progress)
             else:

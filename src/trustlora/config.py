@@ -119,7 +119,9 @@ class TrainConfig:
     period: int = 5
     """Local steps between exchanges (K)."""
     batch_size: int = 4
-    """Sequences per user per step."""
+    """Sequences per user per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step (effective batch = batch_size * grad_accum)."""
     seq_len: int = 128
     """Tokens per sequence."""
     lr: float = 2e-3
@@ -132,7 +134,7 @@ class TrainConfig:
     """'bf16' (autocast) or 'fp32'."""
 
     def validate(self) -> None:
-        for name in ("steps", "period", "batch_size", "seq_len"):
+        for name in ("steps", "period", "batch_size", "grad_accum", "seq_len"):
             v = getattr(self, name)
             _check(isinstance(v, int) and v >= 1, f"train.{name}", "an integer >= 1", v)
         _check(
@@ -161,6 +163,11 @@ class TrustConfig:
     """For normaliser 'threshold': minimum normalised score (0..1, 1 = best in row) to keep weight."""
     mode: str = "update"
     """'update' (theta_i <- theta_i_before + sum_j w_ij delta_j) or 'weight' (theta_i <- sum_j w_ij theta_j)."""
+    topology: str = "full"
+    """Who can receive from whom: 'full' (everyone) or 'ring' (user i hears i-1 and i+1); W is renormalised
+    over the neighbours."""
+    apply: bool = True
+    """Aggregate with W (true) or only compute and record W while every user trains alone (false, paper A.3)."""
     scale: str = "auto"
     """Score rescaling before the normaliser: 'none', 'row_l1' (S / sum_j S_ij * 10, official code), 'row_mean',
     or 'auto' = the strategy's own default (row_l1 for predictions, whose L1 distances have no natural unit;
@@ -190,6 +197,7 @@ class TrustConfig:
         )
         _check(0 <= self.threshold <= 1, "trust.threshold", "a number in [0, 1]", self.threshold)
         _check(self.mode in ("update", "weight"), "trust.mode", "'update' or 'weight'", self.mode)
+        _check(self.topology in ("full", "ring"), "trust.topology", "'full' or 'ring'", self.topology)
         _check(
             self.scale in ("auto", "none", "row_l1", "row_mean"),
             "trust.scale",
@@ -228,9 +236,15 @@ class Config:
     seed: int = 0
     """Model seed (adapter init, dropout, batch order)."""
     out: str | None = None
-    """Run directory (default runs/<time>-<strategy>)."""
+    """Run directory (default runs/<time>-<strategy>; for compare, the comparison directory)."""
+    strategies: list[str] = field(default_factory=list)
+    """For ``trustlora compare``: strategies to run (default: all six)."""
+    seeds: list[int] = field(default_factory=list)
+    """For ``trustlora compare``: model seeds to run (default: [seed])."""
     runtime: str = "simulation"
     """'simulation' (all users in one process)."""
+    device: str = "auto"
+    """'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N'."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -241,9 +255,17 @@ class Config:
         _check(isinstance(self.model, str) and self.model != "", "model", "a model name or path", self.model)
         _check(isinstance(self.seed, int), "seed", "an integer", self.seed)
         _check(self.runtime in ("simulation",), "runtime", "'simulation'", self.runtime)
+        _check(
+            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+            "device",
+            "'auto', 'cpu', 'cuda' or 'cuda:N'",
+            self.device,
+        )
         from trustlora.trust import names as strategy_names
 
         _check(self.strategy in strategy_names(), "strategy", "one of " + ", ".join(strategy_names()), self.strategy)
+        for s in self.strategies:
+            _check(s in strategy_names(), "strategies", "names from " + ", ".join(strategy_names()), s)
         self.lora.validate()
         self.data.validate()
         self.train.validate()

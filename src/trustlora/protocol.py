@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from trustlora.aggregate import mix_updates, mix_weights
+from trustlora.aggregate import mix_updates, mix_weights, neighbour_mask, restrict
 from trustlora.comm import Communicator
 from trustlora.config import Config
 from trustlora.model.multilora import MultiLoRA
@@ -126,9 +126,9 @@ class Protocol:
         strat, tc = self.strategy, self.cfg.trust
         inp = TrustInputs(users=self.users, n_users=self.comm.n_users, mixture=self.mixture)
         thetas = None
-        if "theta" in strat.needs or tc.mode == "weight":
+        if "theta" in strat.needs or (tc.mode == "weight" and tc.apply and strat.exchanges):
             thetas = self.comm.all_gather(after, "theta")
-            inp.theta = thetas
+            inp.theta = thetas.cpu()
         if "val_cross" in strat.needs:
             self.progress("trust: peers on val")
             inp.val_losses = self._val_cross(thetas)
@@ -147,13 +147,24 @@ class Protocol:
             inp.topk_values = self.comm.all_gather(v, "topk_values")
             inp.topk_indices = self.comm.all_gather(i, "topk_indices")
         w, scores = strat.trust(inp, tc)
+        if tc.topology != "full":
+            w = restrict(w, neighbour_mask(self.comm.n_users, tc.topology)[self.users])
+        if not tc.apply or not strat.exchanges:
+            return w, scores  # trust recorded, every user keeps its own locally trained adapter
         if tc.mode == "update":
-            deltas = self.comm.all_gather(after - before, "delta") if strat.exchanges else None
-            new = mix_updates(before, deltas, w) if deltas is not None else after
+            new = mix_updates(before, self.comm.all_gather(after - before, "delta"), w)
         else:
             new = mix_weights(thetas, w)
         self.mm.set_flat(new.to(after.dtype))
         return w, scores
+
+    def message_sizes(self, after: torch.Tensor) -> dict[str, int]:
+        """Bytes one user would send per round for each message kind (paper Table 5), whatever the strategy."""
+        p = after.shape[1] * 4  # fp32 adapter
+        m = len(self.data.reference)
+        vocab = self.mm.model.get_output_embeddings().weight.shape[0]
+        k = self.cfg.trust.topk
+        return {"theta": p, "delta": p, "dense_logits": m * vocab * 4, "topk_coo": m * k * (4 + 4)}
 
     # ---- one round ----------------------------------------------------------------------------
     def run_round(self, r: int, step_callback: Callable[[], None] | None = None) -> int:
@@ -190,6 +201,7 @@ class Protocol:
                 "W": w.tolist(),
                 "scores": None if scores is None else scores.tolist(),
                 "bytes": self.comm.sent_bytes(),
+                "bytes_equiv": self.message_sizes(after),
             }
         )
         self.evaluate(r, step, full=(r == len(self.schedule)))

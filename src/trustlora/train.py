@@ -22,10 +22,10 @@ from trustlora.config import TrainConfig
 from trustlora.model.multilora import MultiLoRA
 
 
-def autocast(precision: str):
-    """bf16 autocast on CPU (or a no-op for fp32)."""
+def autocast(precision: str, device: torch.device | str = "cpu"):
+    """bf16 autocast on the model's device type (or a no-op for fp32)."""
     if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -84,12 +84,13 @@ def _stacked_eval(
             part = w_ids[start : start + b]
             ids[u, : len(part)] = part
             mask[u, : len(part)] = w_mask[start : start + b]
-        ids, mask = ids.view(n * b, seq_len), mask.view(n * b, seq_len)
-        with autocast(precision):
+        dev = mm.device
+        ids, mask = ids.view(n * b, seq_len).to(dev), mask.view(n * b, seq_len).to(dev)
+        with autocast(precision, dev):
             logits = mm(ids)
         s, c = per_user_loss(logits, ids, n, mask)
-        total += s.double()
-        count += c
+        total += s.double().cpu()
+        count += c.cpu()
         if on_batch is not None:
             on_batch(logits, mask)
     mm.train(was_training)
@@ -151,8 +152,8 @@ def topk_predictions(
         v, i = torch.topk(x, k, dim=-1)  # (N*b, T, k)
         b = logits.shape[0] // n
         m = mask.view(n, b * seq_len)[0].bool()  # same windows in every slot
-        vals.append(v.view(n, b * seq_len, k)[:, m])
-        idxs.append(i.view(n, b * seq_len, k)[:, m].to(torch.int32))
+        vals.append(v.view(n, b * seq_len, k)[:, m].cpu())
+        idxs.append(i.view(n, b * seq_len, k)[:, m].to(torch.int32).cpu())
 
     _stacked_eval(mm, [(w_ids, w_mask)] * n, batch_size, precision, on_batch=keep)
     return torch.cat(vals, dim=1), torch.cat(idxs, dim=1)
@@ -193,12 +194,12 @@ class LocalTrainer:
         for s, rng in zip(self.streams, self.rngs, strict=True):
             starts = rng.integers(0, len(s) - t + 1, size=b)
             rows += [s[i : i + t] for i in starts]
-        return torch.stack(rows)
+        return torch.stack(rows).to(self.mm.device)
 
     def clip_per_user(self) -> torch.Tensor:
         """Clip each user's gradient to ``grad_clip`` separately; returns the pre-clip norms ``[N]``."""
         params = [p for p in self.mm.adapter_parameters() if p.grad is not None]
-        sq = torch.zeros(self.n)
+        sq = torch.zeros(self.n, device=self.mm.device)
         for p in params:
             sq += p.grad.float().pow(2).reshape(self.n, -1).sum(1)
         norms = sq.sqrt()
@@ -211,16 +212,21 @@ class LocalTrainer:
     def step(self) -> torch.Tensor:
         """One optimizer step for every user; returns each user's mean train loss ``[N]``."""
         self.mm.train()
-        ids = self.sample_batch()
-        with autocast(self.cfg.precision):
-            logits = self.mm(ids)
-        nll, count = per_user_loss(logits, ids, self.n)
-        loss = nll / count  # (N,) each user's own mean: its gradient is the user's alone
-        loss.sum().backward()
+        acc = self.cfg.grad_accum
+        total = torch.zeros(self.n)
+        for _ in range(acc):
+            ids = self.sample_batch()
+            with autocast(self.cfg.precision, self.mm.device):
+                logits = self.mm(ids)
+            nll, count = per_user_loss(logits, ids, self.n)
+            loss = nll / count / acc  # (N,) each user's own mean: its gradient is the user's alone
+            loss.sum().backward()
+            total += loss.detach().float().cpu()
+            del logits
         self.clip_per_user()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        return loss.detach()
+        return total
 
     def state_dict(self) -> dict:
         return {"opt": self.opt.state_dict(), "rngs": [r.bit_generator.state for r in self.rngs]}

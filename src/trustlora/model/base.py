@@ -145,11 +145,21 @@ def load_tokenizer(name: str):
         ) from None
 
 
-def load_base(name: str, dtype: torch.dtype = torch.float32):
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; a cuda request without a GPU is a clear error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: '{device}' requested but torch sees no CUDA GPU; use device=cpu or auto")
+    return torch.device(device)
+
+
+def load_base(name: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
     """Return ``(model, tokenizer)`` for a config model name; the model is frozen and in eval mode."""
+    dev = resolve_device(device)
     if name == "tiny-random":
         tok = tiny_tokenizer()
-        return _freeze(tiny_random_model(len(tok))), tok
+        return _freeze(tiny_random_model(len(tok)).to(dev)), tok
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(name)
@@ -166,4 +176,4 @@ def load_base(name: str, dtype: torch.dtype = torch.float32):
         ) from None
     if tok.eos_token_id is None:
         raise ModelLoadError(f"model: tokenizer of '{name}' has no eos token")
-    return _freeze(model), tok
+    return _freeze(model.to(dev)), tok

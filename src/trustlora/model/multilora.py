@@ -113,8 +113,9 @@ class _Shared:
         if self._last_in is x:
             return self._last_out  # type: ignore[return-value]
         out = x
-        if torch.is_autocast_enabled("cpu"):
-            out = out.to(torch.get_autocast_dtype("cpu"))
+        dev = x.device.type
+        if torch.is_autocast_enabled(dev):
+            out = out.to(torch.get_autocast_dtype(dev))
         if training and self.p > 0:
             out = fast_dropout(out, self.p)
         self._last_in, self._last_out = x, out
@@ -176,6 +177,10 @@ class MultiLoRA(nn.Module):
             self.layers[name] = wrapped
         self.reset_adapters(seed)
 
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.layers.values())).lora_A.device
+
     # ---- parameters ---------------------------------------------------------------------------
     def adapter_parameters(self) -> list[nn.Parameter]:
         """A then B of every adapted layer, in a fixed order (the flat layout)."""
@@ -197,13 +202,13 @@ class MultiLoRA(nn.Module):
             bound = 1.0 / math.sqrt(d_in)
             count = 1 if self.cfg.same_init else n
             a = (torch.rand(count, d_in, r, generator=g) * 2 - 1) * bound
-            layer.lora_A.copy_(a.expand(n, d_in, r))
+            layer.lora_A.copy_(a.expand(n, d_in, r).to(layer.lora_A.device))
             layer.lora_B.zero_()
 
     @torch.no_grad()
     def get_flat(self) -> torch.Tensor:
         """Every user's adapter as one fp32 vector: ``[N, P]``."""
-        return torch.cat([p.detach().reshape(self.n_users, -1) for p in self.adapter_parameters()], dim=1)
+        return torch.cat([p.detach().reshape(self.n_users, -1) for p in self.adapter_parameters()], dim=1).float()
 
     @torch.no_grad()
     def set_flat(self, flat: torch.Tensor) -> None:
@@ -215,7 +220,7 @@ class MultiLoRA(nn.Module):
         off = 0
         for p in params:
             k = p[0].numel()
-            p.copy_(flat[:, off : off + k].reshape(p.shape))
+            p.copy_(flat[:, off : off + k].reshape(p.shape).to(p.device))
             off += k
 
     def adapters_enabled(self, on: bool) -> None:
