@@ -27,6 +27,9 @@ def _quiet_libraries() -> None:
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
+        from huggingface_hub.utils import logging as hub_logging
+
+        hub_logging.set_verbosity_error()
     except Exception:  # pragma: no cover - transformers missing is reported elsewhere
         pass
     import warnings
@@ -36,11 +39,11 @@ def _quiet_libraries() -> None:
 
 
 def cmd_run(args) -> int:
+    _quiet_libraries()
     cfg = load_config(args.config, args.overrides)
     if args.dry_run:
         print(dump_yaml(cfg), end="")
         return 0
-    _quiet_libraries()
     from trustlora.api import run
 
     t0 = time.time()
@@ -119,6 +122,16 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    _quiet_libraries()
+    from trustlora.sweep import run_sweep
+
+    out = run_sweep(args.config, args.overrides, args.grid, progress=not args.no_progress)
+    print((out / "sweep.md").read_text())
+    print(f"sweep written to {out}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from trustlora import report
 
@@ -139,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     common(sub.add_parser("run", help="run one experiment (no arguments: the embedded default demo)"))
     common(sub.add_parser("compare", help="run several strategies/seeds on identical data and tabulate"))
+    sw = sub.add_parser("sweep", help="run a grid of overrides (e.g. --grid train.lr=1e-3,2e-3) and tabulate")
+    common(sw)
+    sw.add_argument("--grid", action="append", default=[], metavar="key=v1,v2", help="a swept key (repeatable)")
     dp = sub.add_parser("data", help="data tools")
     dsub = dp.add_subparsers(dest="data_command", required=True)
     st = dsub.add_parser("stats", help="per-user token counts and Jaccard overlap")
@@ -151,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"run": cmd_run, "compare": cmd_compare, "data": cmd_data, "report": cmd_report}
+    handlers = {"run": cmd_run, "compare": cmd_compare, "data": cmd_data, "sweep": cmd_sweep, "report": cmd_report}
     try:
         return handlers[args.command](args)
     except ConfigError as e:
