@@ -58,9 +58,10 @@ def _data_key(cfg: Config) -> tuple:
     )
 
 
-def prepare(cfg: Config, ws: Workspace | None = None, log=print) -> Workspace:
-    """Load (or reuse) model, tokenizer, partition and the stacked adapters for ``cfg``."""
-    key = _data_key(cfg)
+def prepare(cfg: Config, ws: Workspace | None = None, log=print, users: list[int] | None = None) -> Workspace:
+    """Load (or reuse) model, tokenizer, partition and the stacked adapters (one slot per hosted user)."""
+    users = users if users is not None else list(range(cfg.data.users))
+    key = (*_data_key(cfg), tuple(users))
     if ws is not None and ws.key == key:
         return ws
     ws = Workspace(key=key)
@@ -76,7 +77,7 @@ def prepare(cfg: Config, ws: Workspace | None = None, log=print) -> Workspace:
         f"data {cfg.data.source}: {len(ws.partition.categories)} categories {ws.partition.categories}, "
         f"{cfg.data.users} users ({time.time() - t0:.1f}s)"
     )
-    ws.mm = MultiLoRA(ws.model, cfg.data.users, cfg.lora, seed=cfg.seed)
+    ws.mm = MultiLoRA(ws.model, len(users), cfg.lora, seed=cfg.seed, user_ids=users, n_total=cfg.data.users)
     return ws
 
 
@@ -163,36 +164,70 @@ def _round_train_seconds(records: list[dict], r: int) -> float:
     return sum(x.get("seconds", 0.0) for x in records if x["kind"] == "train" and x["round"] == r)
 
 
+def merge_records(parts: list[dict]) -> dict:
+    """One record from every rank's record of the same event: per-user lists are concatenated in rank order."""
+    out = dict(parts[0])
+    for key in ("users", "loss", "ppl", "W", "scores"):
+        if key in out and out[key] is not None:
+            out[key] = [x for p in parts for x in p[key]]
+    if "seconds" in out:
+        out["seconds"] = max(p["seconds"] for p in parts)
+    return out
+
+
 def run(cfg: Config, ws: Workspace | None = None, progress: bool = True, log=print) -> Path:
-    """Run one experiment end to end; returns the run directory."""
+    """Run one experiment end to end; returns the run directory.
+
+    ``runtime=simulation`` hosts every user in this process; ``runtime=distributed`` starts
+    ``world_size`` processes (or joins the torchrun/env:// process group this process belongs to).
+    """
+    if cfg.runtime == "distributed":
+        from trustlora.runtime import launch
+
+        return launch(cfg, progress=progress, log=log)
+    return run_users(cfg, InProcess(cfg.data.users), ws=ws, progress=progress, log=log)
+
+
+def run_users(cfg: Config, comm, ws: Workspace | None = None, progress: bool = True, log=print) -> Path:
+    """Algorithm 1 for the users ``comm.local_users`` hosted here (all of them in simulation).
+
+    Only the main process (the one hosting user 0) writes run files; the others export their adapters.
+    """
     from tqdm.auto import tqdm
 
     from trustlora import report
 
+    users = comm.local_users
+    main = users[0] == 0
+    distributed = len(users) != cfg.data.users
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     cfg.out = str(out)
-    start_round = _check_out_dir(cfg, out)
-    ws = prepare(cfg, ws, log=log)
+    start_round = _check_out_dir(cfg, out) if not distributed else 0
+    ws = prepare(cfg, ws, log=log if main else (lambda *a: None), users=users)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", dump_yaml(cfg))
+    if main:
+        atomic_write_text(out / "config.yaml", dump_yaml(cfg))
     part, mm = ws.partition, ws.mm
     n = cfg.data.users
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed + users[0])
     mm.reset_adapters(cfg.seed)
-    data = LocalData(
-        [u.train for u in part.users], [u.val for u in part.users], [u.test for u in part.users], part.reference
+    mine = [part.users[u] for u in users]
+    data = LocalData([u.train for u in mine], [u.val for u in mine], [u.test for u in mine], part.reference)
+    trainer = LocalTrainer(mm, data.train, cfg.train, seed=cfg.seed, user_ids=users)
+    metrics = MetricsLog(
+        out / "metrics.jsonl" if main else out / f".metrics.rank{users[0]}.jsonl",
+        keep_until_round=start_round if start_round else None,
     )
-    trainer = LocalTrainer(mm, data.train, cfg.train, seed=cfg.seed)
-    metrics = MetricsLog(out / "metrics.jsonl", keep_until_round=start_round if start_round else None)
-    bar = tqdm(total=cfg.train.steps, desc=f"{cfg.strategy}", unit="step", disable=not progress, leave=True)
+    record = metrics if not distributed else (lambda rec: metrics(merge_records(comm.gather_objects(rec))))
+    bar = tqdm(total=cfg.train.steps, desc=f"{cfg.strategy}", unit="step", disable=not (progress and main), leave=True)
     proto = Protocol(
         mm,
         trainer,
         data,
         cfg,
-        InProcess(n),
+        comm,
         part.mixture,
-        record=metrics,
+        record=record,
         progress=lambda msg: bar.set_postfix_str(msg, refresh=True),
     )
     wall0 = time.time()
@@ -205,31 +240,35 @@ def run(cfg: Config, ws: Workspace | None = None, progress: bool = True, log=pri
         train_time = state["train_time"]
         bar.update(sum(proto.schedule[:start_round]))
         log(f"resuming {out} after round {start_round}")
+    elif ws.base_eval and not distributed:
+        for rec in ws.base_eval:
+            metrics(rec)
     else:
-        if ws.base_eval:
-            for rec in ws.base_eval:
-                metrics(rec)
-        else:
-            proto.evaluate_base()
-            ws.base_eval = [r for r in metrics.records if r.get("model") == "base"]
+        proto.evaluate_base()
+        ws.base_eval = [r for r in metrics.records if r.get("model") == "base"]
     for r in range(start_round + 1, len(proto.schedule) + 1):
         proto.run_round(r, step_callback=lambda: (bar.set_postfix_str("train", refresh=False), bar.update(1)))
         train_time += _round_train_seconds(metrics.records, r)
-        _save_checkpoint(out, r, proto, train_time)
+        if not distributed:
+            _save_checkpoint(out, r, proto, train_time)
     bar.close()
     wall = time.time() - wall0
 
-    for u in range(n):
-        mm.export_peft(u, out / "adapters" / f"user_{u}", base_name=cfg.model)
+    for slot, u in enumerate(users):
+        mm.export_peft(slot, out / "adapters" / f"user_{u}", base_name=cfg.model)
+    if not main:
+        (out / f".metrics.rank{users[0]}.jsonl").unlink(missing_ok=True)
+        return out
     evals = [r for r in metrics.records if r["kind"] == "eval" and r["split"] == "test"]
     vals = [r for r in metrics.records if r["kind"] == "eval" and r["split"] == "val"]
     trusts = [r for r in metrics.records if r["kind"] == "trust"]
     base_test, final_test = evals[0]["ppl"], evals[-1]["ppl"]
-    tokens = cfg.train.steps * n * cfg.train.batch_size * cfg.train.seq_len
+    tokens = cfg.train.steps * n * cfg.train.batch_size * cfg.train.grad_accum * cfg.train.seq_len
     summary = {
         "strategy": cfg.strategy,
         "model": cfg.model,
         "seed": cfg.seed,
+        "runtime": cfg.runtime,
         "users": n,
         "categories": part.categories,
         "user_categories": _dominant(part.mixture, part.categories),

@@ -242,7 +242,9 @@ class Config:
     seeds: list[int] = field(default_factory=list)
     """For ``trustlora compare``: model seeds to run (default: [seed])."""
     runtime: str = "simulation"
-    """'simulation' (all users in one process)."""
+    """'simulation' (all users in one process) or 'distributed' (torch.distributed, a block of users per process)."""
+    world_size: int = 2
+    """Processes started by runtime=distributed (ignored under torchrun, which sets the world itself)."""
     device: str = "auto"
     """'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N'."""
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -254,7 +256,13 @@ class Config:
     def validate(self) -> None:
         _check(isinstance(self.model, str) and self.model != "", "model", "a model name or path", self.model)
         _check(isinstance(self.seed, int), "seed", "an integer", self.seed)
-        _check(self.runtime in ("simulation",), "runtime", "'simulation'", self.runtime)
+        _check(self.runtime in ("simulation", "distributed"), "runtime", "'simulation' or 'distributed'", self.runtime)
+        _check(
+            isinstance(self.world_size, int) and 1 <= self.world_size <= self.data.users,
+            "world_size",
+            f"an integer in [1, data.users={self.data.users}]",
+            self.world_size,
+        )
         _check(
             self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
             "device",

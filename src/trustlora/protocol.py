@@ -108,7 +108,7 @@ class Protocol:
         out = torch.zeros(n_local, n, dtype=torch.float64)
         for start in range(0, n, n_local):
             chunk = list(range(start, min(start + n_local, n)))
-            if chunk != self.users:
+            if chunk != self.users or n_local != n:
                 slots = thetas[chunk]
                 if len(chunk) < n_local:  # pad the last chunk with copies
                     slots = torch.cat([slots, slots[-1:].expand(n_local - len(chunk), -1)])

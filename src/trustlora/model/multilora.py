@@ -159,11 +159,21 @@ class MultiLoRALinear(nn.Module):
 class MultiLoRA(nn.Module):
     """Wraps a frozen causal LM so that it carries ``n_users`` stacked adapters."""
 
-    def __init__(self, model: nn.Module, n_users: int, cfg: LoraConfig, seed: int = 0):
+    def __init__(
+        self,
+        model: nn.Module,
+        n_users: int,
+        cfg: LoraConfig,
+        seed: int = 0,
+        user_ids: list[int] | None = None,
+        n_total: int | None = None,
+    ):
         super().__init__()
         self.model = model
         self.cfg = cfg
-        self.n_users = n_users
+        self.n_users = n_users  # slots hosted here
+        self.user_ids = user_ids if user_ids is not None else list(range(n_users))  # their global ids
+        self.n_total = n_total if n_total is not None else max(self.user_ids) + 1  # users in the whole run
         for p in model.parameters():
             p.requires_grad_(False)
         self._shared = _Shared(n_users, cfg.dropout)
@@ -195,14 +205,18 @@ class MultiLoRA(nn.Module):
 
     @torch.no_grad()
     def reset_adapters(self, seed: int) -> None:
-        """PEFT's init: A ~ kaiming-uniform(a=sqrt 5) = U(+-1/sqrt(in)), B = 0; same A for all users if same_init."""
+        """PEFT's init: A ~ kaiming-uniform(a=sqrt 5) = U(+-1/sqrt(in)), B = 0; same A for all users if same_init.
+
+        With different inits, user u's A depends only on (seed, u), wherever the user is hosted.
+        """
         g = torch.Generator().manual_seed(seed)
+        count = 1 if self.cfg.same_init else self.n_total
         for layer in self.layers.values():
             n, d_in, r = layer.lora_A.shape
             bound = 1.0 / math.sqrt(d_in)
-            count = 1 if self.cfg.same_init else n
             a = (torch.rand(count, d_in, r, generator=g) * 2 - 1) * bound
-            layer.lora_A.copy_(a.expand(n, d_in, r).to(layer.lora_A.device))
+            a = a.expand(n, d_in, r) if self.cfg.same_init else a[self.user_ids]
+            layer.lora_A.copy_(a.to(layer.lora_A.device))
             layer.lora_B.zero_()
 
     @torch.no_grad()
