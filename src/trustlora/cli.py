@@ -4,6 +4,7 @@
     trustlora compare [--config FILE] [strategies=a,b] [seeds=0,1] [key=value ...]
     trustlora data stats [--config FILE] [key=value ...]          per-user token counts + Jaccard table
     trustlora report RUN_DIR                                       re-render report.md and figures
+    trustlora analyze {table4,trust,bytes,topology,placement} DIR... paper tables/figures from finished runs
 
 User errors (bad config, unknown strategy/key/model/path, malformed YAML) print one line and exit 2.
 """
@@ -140,6 +141,25 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_analyze(args) -> int:
+    from trustlora import analyze
+
+    out = Path(args.out) if args.out else None
+    if args.analysis == "table4":
+        paths = analyze.write_table4([Path(d) for d in args.compare_dirs], out)
+    elif args.analysis == "trust":
+        paths = analyze.write_trust(Path(args.compare_dir), out)
+    elif args.analysis == "bytes":
+        paths = analyze.write_bytes(Path(args.run_dir), out)
+    elif args.analysis == "topology":
+        paths = analyze.write_topology(Path(args.full_run_dir), Path(args.ring_run_dir), out)
+    else:
+        paths = analyze.write_placement([Path(d) for d in args.run_dirs], out)
+    print(Path(paths["md"]).read_text())
+    print("written: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="trustlora", description="Personalized collaborative LoRA fine-tuning.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -162,12 +182,28 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("overrides", nargs="*", metavar="key=value")
     rp = sub.add_parser("report", help="re-render report.md and figures of a run directory")
     rp.add_argument("run_dir")
+    ap = sub.add_parser("analyze", help="paper tables and figures from finished runs (writes md, csv, json, png)")
+    asub = ap.add_subparsers(dest="analysis", required=True)
+    a = asub.add_parser("table4", help="Table 4: mean test ppl ± std per strategy, one column per comparison")
+    a.add_argument("compare_dirs", nargs="+", metavar="COMPARE_DIR", help="output directories of trustlora compare")
+    a = asub.add_parser("trust", help="Figs. 3/4, App. A.3: learned W vs oracle W (L1, top-peer accuracy) per round")
+    a.add_argument("compare_dir", metavar="COMPARE_DIR")
+    a = asub.add_parser("bytes", help="Tables 1/5: bytes per user per round of theta, delta, dense and top-k logits")
+    a.add_argument("run_dir", metavar="RUN_DIR")
+    a = asub.add_parser("topology", help="Fig. 4: mean test ppl per step of a full and a ring run")
+    a.add_argument("full_run_dir", metavar="FULL_RUN_DIR")
+    a.add_argument("ring_run_dir", metavar="RING_RUN_DIR")
+    a = asub.add_parser("placement", help="Fig. 2: ppl decrease vs trainable params for runs differing in lora.targets")
+    a.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    for a in asub.choices.values():
+        a.add_argument("--out", metavar="DIR", help="output directory (default: beside the inputs)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"run": cmd_run, "compare": cmd_compare, "data": cmd_data, "sweep": cmd_sweep, "report": cmd_report}
+    handlers["analyze"] = cmd_analyze
     try:
         return handlers[args.command](args)
     except ConfigError as e:
