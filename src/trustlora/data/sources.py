@@ -550,3 +550,6 @@ def _parlspeech_source(cfg: DataConfig) -> dict[str, list[str]]:
         rows = _read_csv(_read_file_text(path), path, [("text", "parlspeech text column")])
         out[lang] = [t for (t,) in rows if t is not None and t.strip() not in _MISSING_TEXT]
     return out
+
+
+from trustlora.data import sources_extra  # noqa: E402,F401  (registers more sources)
