@@ -180,6 +180,25 @@ class _Category:
         return pieces
 
 
+def _fitting_train_budget(streams: list[_Category], d: np.ndarray, need: dict, ref_need: np.ndarray) -> int:
+    """Largest data.train_tokens every category can serve (10 % margin for the discarded document rests).
+
+    Only called on the error path: it tokenises the remaining documents of every category.
+    """
+    fits = []
+    for c, st in enumerate(streams):
+        try:
+            while True:
+                st._next_doc()
+        except _OutOfData:
+            pass
+        other = int(ref_need[c] + need["val"][:, c].sum() + need["test"][:, c].sum())
+        share = float(d[:, c].sum())
+        if share > 0:
+            fits.append(int(0.9 * (st.tokens_seen - other) / share))
+    return min(fits) if fits else 0
+
+
 def _interleave(per_cat: list[list[np.ndarray]]) -> np.ndarray:
     """Merge each category's pieces in proportion: order pieces by their relative midpoint in their category."""
     keyed: list[tuple[float, int, int, np.ndarray]] = []
@@ -239,11 +258,17 @@ def build_partition(
             return streams[c].take(int(n))
         except _OutOfData:
             s = streams[c]
+            fit = _fitting_train_budget(streams, d, need, ref_need)
+            hint = (
+                f"set data.train_tokens <= {fit} to fit, or lower data.users, or add documents"
+                if fit >= 1
+                else "data.train_tokens cannot help: the val/test/reference shares alone do not fit; lower "
+                "data.val_tokens, data.test_tokens, data.reference_tokens or data.users, or add documents"
+            )
             raise ConfigError(
                 f"data: category '{s.name}' ran out of documents: its {len(s.docs):,} documents hold "
                 f"{s.tokens_seen:,} tokens but the users' train/val/test shares and the reference set need "
-                f"{int(demand[c]):,} (plus the discarded rest of each piece's last document); lower "
-                "data.train_tokens or data.users, or add documents"
+                f"{int(demand[c]):,} (plus the discarded rest of each piece's last document); {hint}"
             ) from None
 
     ref_pieces = [take(c, ref_need[c]) for c in range(n_cats)]
