@@ -50,6 +50,7 @@ def test_real_model_real_data_end_to_end(tmp_path):
 
     # the exported adapter of user 0 gives, in PEFT, the same logits as the stacked model's slot 0
     mm = ws.mm
+    mm.eval()  # no LoRA dropout: compare the deterministic forward
     ids = ws.partition.users[0].test[:64].view(1, 64)
     with torch.no_grad():
         stacked = mm(ids.repeat(3, 1))[0]

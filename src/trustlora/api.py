@@ -252,6 +252,7 @@ def run_users(cfg: Config, comm, ws: Workspace | None = None, progress: bool = T
         if not distributed:
             _save_checkpoint(out, r, proto, train_time)
     bar.close()
+    mm.eval()
     wall = time.time() - wall0
 
     for slot, u in enumerate(users):
