@@ -11,7 +11,6 @@ running the same config with the same ``out`` again resumes from it.
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from trustlora.comm import InProcess
 from trustlora.config import Config, ConfigError, dump_yaml, from_dict, read_yaml, to_dict
 from trustlora.data.partition import Partition, build_partition
 from trustlora.data.sources import load_documents
+from trustlora.model import build_stack
 from trustlora.model.base import load_base
 from trustlora.model.multilora import MultiLoRA
 from trustlora.protocol import LocalData, Protocol
@@ -77,7 +77,7 @@ def prepare(cfg: Config, ws: Workspace | None = None, log=print, users: list[int
         f"data {cfg.data.source}: {len(ws.partition.categories)} categories {ws.partition.categories}, "
         f"{cfg.data.users} users ({time.time() - t0:.1f}s)"
     )
-    ws.mm = MultiLoRA(ws.model, len(users), cfg.lora, seed=cfg.seed, user_ids=users, n_total=cfg.data.users)
+    ws.mm = build_stack(ws.model, len(users), cfg.lora, seed=cfg.seed, user_ids=users, n_total=cfg.data.users)
     return ws
 
 
@@ -142,18 +142,14 @@ def _check_out_dir(cfg: Config, out: Path) -> int:
 
 
 def _save_checkpoint(out: Path, round_: int, proto: Protocol, train_time: float) -> None:
-    buf = io.BytesIO()
-    torch.save(
-        {
-            "round": round_,
-            "adapters": proto.mm.get_flat(),
-            "trainer": proto.trainer.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "train_time": train_time,
-        },
-        buf,
-    )
-    atomic_write_bytes(out / "checkpoint.pt", buf.getvalue())
+    state = {
+        "round": round_,
+        "adapters": proto.mm.get_flat(),
+        "trainer": proto.trainer.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "train_time": train_time,
+    }
+    atomic_write_bytes(out / "checkpoint.pt", lambda f: torch.save(state, f))  # streamed: no in-memory copy
 
 
 def _dominant(mixture: np.ndarray, categories: list[str]) -> list[str]:
@@ -256,7 +252,7 @@ def run_users(cfg: Config, comm, ws: Workspace | None = None, progress: bool = T
     wall = time.time() - wall0
 
     for slot, u in enumerate(users):
-        mm.export_peft(slot, out / "adapters" / f"user_{u}", base_name=cfg.model)
+        mm.export(slot, out / "adapters" / f"user_{u}", base_name=cfg.model)
     if not main:
         (out / f".metrics.rank{users[0]}.jsonl").unlink(missing_ok=True)
         return out

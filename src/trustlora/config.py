@@ -41,7 +41,8 @@ class LoraConfig:
     dropout: float = 0.1
     """Dropout on the adapter input during training."""
     targets: list[str] = field(default_factory=lambda: ["all"])
-    """Which linear layers get adapters: 'all' (attention + MLP), 'attention', 'mlp', or module-name suffixes."""
+    """Which linear layers get adapters: 'all' (attention + MLP), 'attention', 'mlp', or module-name suffixes;
+    ['full'] = no adapters, every user fine-tunes all weights (placement ablation; memory ~16 B/param/user)."""
     same_init: bool = True
     """Give every user the same initial A (so averaging is meaningful)."""
 
@@ -50,6 +51,12 @@ class LoraConfig:
         _check(self.alpha > 0, "lora.alpha", "a number > 0", self.alpha)
         _check(0 <= self.dropout < 1, "lora.dropout", "a number in [0, 1)", self.dropout)
         _check(len(self.targets) > 0, "lora.targets", "a non-empty list", self.targets)
+        _check(
+            "full" not in self.targets or list(self.targets) == ["full"],
+            "lora.targets",
+            "'full' alone (full fine-tuning) or adapter targets without 'full'",
+            self.targets,
+        )
 
 
 @dataclass

@@ -285,3 +285,5 @@ class MultiLoRA(nn.Module):
         atomic_write_bytes(out / "adapter_model.safetensors", save(self.peft_state_dict(user)))
         atomic_write_text(out / "adapter_config.json", json.dumps(config, indent=2) + "\n")
         return out
+
+    export = export_peft
