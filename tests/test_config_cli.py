@@ -134,3 +134,19 @@ def test_every_shipped_preset_validates(preset, capsys):
 
 def test_default_yaml_equals_dataclass_defaults():
     assert load_config(ROOT / "configs" / "default.yaml") == Config()
+
+
+def test_cuda_device_follows_local_rank(monkeypatch):
+    import torch
+
+    from trustlora.model.base import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert resolve_device("cuda") == torch.device("cuda", 1)
+    assert resolve_device("auto") == torch.device("cuda", 1)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)  # an explicit index wins
+    monkeypatch.delenv("LOCAL_RANK")
+    assert resolve_device("cuda") == torch.device("cuda")
+    assert resolve_device("cpu") == torch.device("cpu")

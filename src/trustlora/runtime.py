@@ -24,12 +24,20 @@ def _backend(cfg: Config) -> str:
     return "nccl" if cfg.device.startswith("cuda") and torch.cuda.is_available() else "gloo"
 
 
+def _bind_gpu(cfg: Config) -> None:
+    """nccl wants each process's current CUDA device set to the GPU it uses."""
+    if _backend(cfg) == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+
+
 def _worker(rank: int, cfg_dict: dict, world: int, init_file: str, progress: bool) -> None:
     from trustlora.api import run_users
     from trustlora.comm.distributed import TorchDistributed
 
     cfg = from_dict(cfg_dict)
+    os.environ["LOCAL_RANK"] = str(rank)  # one GPU per process when device is cuda/auto (model.base.resolve_device)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    _bind_gpu(cfg)
     dist.init_process_group(_backend(cfg), init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         run_users(
@@ -46,6 +54,7 @@ def launch(cfg: Config, progress: bool = True, log=print) -> Path:
 
     if dist.is_initialized() or ("RANK" in os.environ and "WORLD_SIZE" in os.environ):
         if not dist.is_initialized():
+            _bind_gpu(cfg)
             dist.init_process_group(_backend(cfg), init_method="env://")
         return run_users(cfg, TorchDistributed(cfg.data.users), progress=progress, log=log)
     out = Path(cfg.out) if cfg.out else default_out(cfg)

@@ -146,12 +146,19 @@ def load_tokenizer(name: str):
 
 
 def resolve_device(device: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; a cuda request without a GPU is a clear error."""
+    """'auto' -> cuda when available, else cpu; a cuda request without a GPU is a clear error.
+
+    In a multi-process run (``LOCAL_RANK`` set by torchrun or by ``trustlora.runtime``) a bare 'cuda'/'auto'
+    becomes ``cuda:<LOCAL_RANK mod GPU count>``, so the processes of one machine use different GPUs.
+    """
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device: '{device}' requested but torch sees no CUDA GPU; use device=cpu or auto")
-    return torch.device(device)
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None and "LOCAL_RANK" in os.environ:
+        dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]) % max(1, torch.cuda.device_count()))
+    return dev
 
 
 def load_base(name: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
