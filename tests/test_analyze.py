@@ -360,6 +360,19 @@ def test_placement(tmp_path, capsys):
     assert "attention" in capsys.readouterr().out
 
 
+def test_placement_full_finetuning_label(tmp_path):
+    runs = []
+    for targets, params, final in ((["full"], 4_000_000, 30.0), (["attention"], 100_000, 40.0)):
+        s = _summary("local", 0, final, adapter_params_per_user=params)
+        runs.append(_write_run(tmp_path / f"run-{targets[0]}", s, [], _config(targets=targets)))
+    paths = write_placement(runs)
+    labels = [e["label"] for e in json.loads(paths["json"].read_text())["runs"]]
+    assert labels == ["full fine-tuning", "attention"]
+    assert "| full fine-tuning |" in paths["md"].read_text()
+    with paths["csv"].open(newline="") as f:
+        assert [r["label"] for r in csv.DictReader(f)] == ["full fine-tuning", "attention"]
+
+
 def test_cli_user_errors_exit_2(tmp_path, capsys):
     assert main(["analyze", "trust", str(tmp_path / "missing")]) == 2
     (tmp_path / "empty").mkdir()

@@ -45,3 +45,28 @@ def test_distributed_equals_simulation(tiny_overrides, tmp_path, strategy):
     recs = [json.loads(x) for x in (dist_dir / "metrics.jsonl").read_text().splitlines()]
     assert all(r["users"] == [0, 1, 2] for r in recs if "users" in r)
     assert not list(dist_dir.glob(".metrics.rank*"))
+
+
+def test_distributed_resume_after_crash(tiny_overrides, tmp_path, monkeypatch):
+    """A 2-process run killed before round 3 resumes from the committed round and matches an unbroken run."""
+    over = tiny_overrides + ["strategy=validation", "lora.same_init=false", "runtime=distributed", "world_size=2"]
+    ref = api.run(load_config(None, over + [f"out={tmp_path / 'ref'}"]), progress=False, log=lambda *a: None)
+    crash = tmp_path / "crash"
+    monkeypatch.setenv("TRUSTLORA_FAIL_AT_ROUND", "3")
+    with pytest.raises(Exception, match="simulated crash"):
+        api.run(load_config(None, over + [f"out={crash}"]), progress=False, log=lambda *a: None)
+    assert json.loads((crash / "checkpoint.json").read_text()) == {"round": 2}
+    assert sorted(p.name for p in (crash / "checkpoint").iterdir()) == ["u0-r2.pt", "u1-r2.pt"]
+    monkeypatch.delenv("TRUSTLORA_FAIL_AT_ROUND")
+    resumed = api.run(load_config(None, over + [f"out={crash}"]), progress=False, log=lambda *a: None)
+    s_ref = json.loads((ref / "summary.json").read_text())
+    s_res = json.loads((resumed / "summary.json").read_text())
+    assert s_res["final_test_ppl"] == pytest.approx(s_ref["final_test_ppl"], rel=1e-6)
+    for a, b in zip(_adapters(ref), _adapters(resumed), strict=True):
+        torch.testing.assert_close(a, b)
+    assert not (crash / "checkpoint").exists() and not (crash / "checkpoint.json").exists()
+
+    def events(d):  # no record of the crashed attempt is duplicated or lost
+        return [(r["kind"], r["round"], r.get("split")) for r in map(json.loads, (d / "metrics.jsonl").open())]
+
+    assert events(crash) == events(ref)

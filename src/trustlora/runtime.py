@@ -49,7 +49,8 @@ def _worker(rank: int, cfg_dict: dict, world: int, init_file: str, progress: boo
 
 def launch(cfg: Config, progress: bool = True, log=print) -> Path:
     """Run ``cfg`` over torch.distributed; returns the run directory."""
-    from trustlora.api import _check_out_dir, default_out, run_users
+    from trustlora.api import default_out, run_users
+    from trustlora.checkpoint import resume_round
     from trustlora.comm.distributed import TorchDistributed
 
     if dist.is_initialized() or ("RANK" in os.environ and "WORLD_SIZE" in os.environ):
@@ -59,7 +60,7 @@ def launch(cfg: Config, progress: bool = True, log=print) -> Path:
         return run_users(cfg, TorchDistributed(cfg.data.users), progress=progress, log=log)
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     cfg.out = str(out)
-    _check_out_dir(cfg, out)
+    resume_round(cfg, out)  # refuse a bad out before starting processes
     world = cfg.world_size
     with tempfile.TemporaryDirectory() as tmp:
         init_file = os.path.join(tmp, "rendezvous")

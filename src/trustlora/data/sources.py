@@ -23,6 +23,10 @@ Built-in sources:
   keys ``data.text_column`` and ``data.category_column`` (dotted keys such as ``meta.lang`` reach into
   nested objects).
 
+More sources are registered by :mod:`trustlora.data.bbc`, :mod:`trustlora.data.libreoffice`,
+:mod:`trustlora.data.codewiki` (offline corpora from registry packages) and :mod:`trustlora.data.online`
+(``ag_news``, ``wikipedia``, ``codewiki_hf`` from the Hugging Face hub), imported at the end of this module.
+
 Files may be UTF-8 (with or without BOM, undecodable bytes replaced) or UTF-16 with BOM; CRLF line
 ends are fine. Documents are whitespace-normalised (runs of spaces/tabs -> one space, at most one
 blank line in a row, stripped); empty documents, missing values (``null``, empty cells, ``NA``) and
@@ -552,4 +556,5 @@ def _parlspeech_source(cfg: DataConfig) -> dict[str, list[str]]:
     return out
 
 
-from trustlora.data import sources_extra  # noqa: E402,F401  (registers more sources)
+# registers bbc, libreoffice, codewiki (offline) and ag_news, wikipedia, codewiki_hf (Hugging Face)
+from trustlora.data import bbc, codewiki, libreoffice, online  # noqa: E402,F401
