@@ -150,3 +150,26 @@ def test_cuda_device_follows_local_rank(monkeypatch):
     monkeypatch.delenv("LOCAL_RANK")
     assert resolve_device("cuda") == torch.device("cuda")
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_precision_auto_resolves_by_hardware(monkeypatch):
+    from trustlora import train
+
+    assert train.resolve_precision("fp32") == "fp32"
+    assert train.resolve_precision("bf16") == "bf16"
+    monkeypatch.setattr(train, "_cpu_has_fast_bf16", lambda: False)
+    assert train.resolve_precision("auto", "cpu") == "fp32"
+    assert isinstance(train.autocast("auto", "cpu"), __import__("contextlib").nullcontext)
+    monkeypatch.setattr(train, "_cpu_has_fast_bf16", lambda: True)
+    assert train.resolve_precision("auto", "cpu") == "bf16"
+    assert not isinstance(train.autocast("auto", "cpu"), __import__("contextlib").nullcontext)
+
+
+def test_cpu_bf16_flag_detection_matches_cpuinfo():
+    from trustlora.train import _cpu_has_fast_bf16
+
+    try:
+        flags = next((ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")), "").split()
+    except OSError:
+        flags = []
+    assert _cpu_has_fast_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)

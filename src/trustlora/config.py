@@ -137,8 +137,9 @@ class TrainConfig:
     """AdamW weight decay."""
     grad_clip: float = 1.0
     """Per-user gradient-norm clip (0 disables)."""
-    precision: str = "bf16"
-    """'bf16' (autocast) or 'fp32'."""
+    precision: str = "auto"
+    """'bf16' (autocast), 'fp32', or 'auto': bf16 where the hardware runs it natively (CUDA with bf16,
+    CPUs with AVX512-BF16/AMX), fp32 elsewhere (emulated bf16 is far slower than fp32)."""
 
     def validate(self) -> None:
         for name in ("steps", "period", "batch_size", "grad_accum", "seq_len"):
@@ -153,7 +154,9 @@ class TrainConfig:
         _check(self.lr > 0, "train.lr", "a number > 0", self.lr)
         _check(self.weight_decay >= 0, "train.weight_decay", "a number >= 0", self.weight_decay)
         _check(self.grad_clip >= 0, "train.grad_clip", "a number >= 0", self.grad_clip)
-        _check(self.precision in ("bf16", "fp32"), "train.precision", "'bf16' or 'fp32'", self.precision)
+        _check(
+            self.precision in ("auto", "bf16", "fp32"), "train.precision", "'auto', 'bf16' or 'fp32'", self.precision
+        )
 
 
 @dataclass

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import numpy as np
@@ -22,9 +23,33 @@ from trustlora.config import TrainConfig
 from trustlora.model.multilora import MultiLoRA
 
 
+@functools.cache
+def _cpu_has_fast_bf16() -> bool:
+    """True when the CPU has native bf16 matrix units (AVX512-BF16 or AMX); without them bf16 matmuls are
+    emulated and run ~50x slower than fp32 (measured: 0.7 vs 56 GFLOP/s on a 2-core AVX2 EPYC)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
+    """Map 'auto' to 'bf16' where bf16 is fast (CUDA with bf16 support, CPUs with AVX512-BF16/AMX), else 'fp32'."""
+    if precision != "auto":
+        return precision
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if dev.type == "cpu":
+        return "bf16" if _cpu_has_fast_bf16() else "fp32"
+    return "fp32"
+
+
 def autocast(precision: str, device: torch.device | str = "cpu"):
-    """bf16 autocast on the model's device type (or a no-op for fp32)."""
-    if precision == "bf16":
+    """bf16 autocast on the model's device type (or a no-op for fp32); 'auto' picks per :func:`resolve_precision`."""
+    if resolve_precision(precision, device) == "bf16":
         return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
