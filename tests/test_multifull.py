@@ -102,4 +102,5 @@ def test_run_with_full_finetuning_end_to_end(tiny_overrides, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["adapter_params_per_user"] == sum(p.numel() for p in tiny_random_model().parameters())
     assert summary["final_mean_test_ppl"] < summary["base_mean_test_ppl"]
+    assert summary["precision"] == "fp32"  # the precision the run resolved to is recorded
     assert (out / "adapters" / "user_0" / "model.safetensors").exists()

@@ -19,14 +19,25 @@ done
 if [ -n "$log" ]; then
   wall=$(grep -E '^real' "$log" | tail -1 | awk '{print $2}')
   cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
-  bf16=$(grep -qE 'avx512_bf16|amx_bf16' /proc/cpuinfo && echo "native bf16 (bf16 autocast)" || echo "no native bf16 (fp32)")
+  native=$(grep -qE 'avx512_bf16|amx_bf16' /proc/cpuinfo && echo "native bf16" || echo "no native bf16")
+  # the precision the runs used (summary.json records it; older runs only have their config's setting)
+  prec=$(python - "$src" <<'PY'
+import json, pathlib, sys
+import yaml
+ps = set()
+for run in pathlib.Path(sys.argv[1]).glob("*-seed*/"):
+    p = json.loads((run / "summary.json").read_text()).get("precision")
+    ps.add(p or "train.precision=" + str(yaml.safe_load((run / "config.yaml").read_text())["train"]["precision"]))
+print(", ".join(sorted(ps)))
+PY
+)
   tmp=$(mktemp "$dst/.RUN.md.XXXX")
   {
     echo "# $name"
     echo
     echo "- command: \`$cmd\`"
     echo "- wall time: $wall (all strategies, one process, including model load and evaluations)"
-    echo "- machine: $(nproc) cores, $cpu, $(free -g | awk '/Mem:/{print $2}') GiB RAM, no GPU; $bf16"
+    echo "- machine: $(nproc) cores, $cpu, $(free -g | awk '/Mem:/{print $2}') GiB RAM, no GPU; $native; runs used precision: $prec"
     echo "- torch $(python -c 'import torch; print(torch.__version__)'), trustlora $(git rev-parse --short HEAD)"
     echo "- date: $(date -u +%Y-%m-%d)"
     echo

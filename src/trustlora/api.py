@@ -31,7 +31,7 @@ from trustlora.model import build_stack
 from trustlora.model.base import load_base
 from trustlora.model.multilora import MultiLoRA
 from trustlora.protocol import LocalData, Protocol
-from trustlora.train import LocalTrainer
+from trustlora.train import LocalTrainer, resolve_precision
 from trustlora.trust.oracle import oracle_matrix
 
 
@@ -277,6 +277,7 @@ def run_users(cfg: Config, comm, ws: Workspace | None = None, progress: bool = T
         "model": cfg.model,
         "seed": cfg.seed,
         "runtime": cfg.runtime,
+        "precision": resolve_precision(cfg.train.precision, mm.device),
         "users": n,
         "categories": part.categories,
         "user_categories": _dominant(part.mixture, part.categories),

@@ -515,6 +515,7 @@ def write_run_report(run_dir: Path) -> Path:
     cost = [
         ["wall time", _fmt_duration(summary.get("wall_time_s"))],
         ["training tokens/s", f"{float(tps):,.1f}" if _is_number(tps) else DASH],
+        ["precision", summary.get("precision") or DASH],
     ]
     out += [format_table(["", "value"], cost), ""]
 
