@@ -67,6 +67,16 @@ def test_yaml_nesting_and_explicit_mixture(tmp_path):
     assert cfg.data.mixture == [[1, 0], [0.5, 0.5]] and cfg.train.steps == 8 and cfg.train.warmup == 2
 
 
+def test_exponent_floats_without_dot(tmp_path):
+    # PyYAML (YAML 1.1) reads 5e-5 as a string; a float field must still accept it, from YAML and from the CLI
+    p = tmp_path / "c.yaml"
+    p.write_text("train: {lr: 5e-5}\n")
+    assert load_config(p).train.lr == 5e-5
+    assert load_config(None, ["train.lr=2e-3", "trust.temperature=1e0"]).train.lr == 2e-3
+    with pytest.raises(ConfigError, match="train.lr: expected a number, got 'fast'"):
+        load_config(None, ["train.lr=fast"])
+
+
 @pytest.mark.parametrize(
     "overrides, match",
     [
