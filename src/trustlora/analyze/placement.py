@@ -136,7 +136,7 @@ def write_placement(run_dirs: Sequence[str | Path], out: str | Path | None = Non
 def _plot_placement(path: Path, entries: list[dict]) -> Path:
     fig, (ax_d, ax_p) = plt.subplots(1, 2, figsize=(max(8.0, 2.2 * len(entries) + 3), 4.2))
     x = np.arange(len(entries))
-    labels = [e["label"] for e in entries]
+    labels = [e["label"].replace(" (", "\n(") for e in entries]  # run names on their own line
     dec = np.asarray([e["ppl_decrease"] for e in entries], dtype=float)
     per = np.asarray([e["decrease_per_mparam"] if e["decrease_per_mparam"] is not None else np.nan for e in entries])
     ax_d.bar(x, np.nan_to_num(dec), color="tab:blue", edgecolor="black", lw=0.6)
@@ -158,7 +158,8 @@ def _plot_placement(path: Path, entries: list[dict]) -> Path:
         fin = y[np.isfinite(y)]
         if fin.size:
             lo, hi = min(0.0, fin.min()), max(0.0, fin.max())
-            ax.set_ylim(lo * 1.25, hi * 1.3 if hi > 0 else 1.0)
+            pad = 0.2 * (hi - lo) or 1.0  # room for the value labels above/below the bars
+            ax.set_ylim(lo - pad if lo < 0 else 0.0, hi + pad)
     ax_d.set_xlabel("lora.targets")
     ax_p.set_xlabel("lora.targets")
     fig.suptitle("LoRA placement (Figure 2)", fontsize=11)
