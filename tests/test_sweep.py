@@ -37,7 +37,9 @@ def test_sweep_runs_every_point_and_tabulates(tiny_overrides, tmp_path, capsys):
     assert all(float(r["mean_test_ppl"]) > 1 for r in rows)
     assert rows[0]["mean_test_ppl"] != rows[1]["mean_test_ppl"]
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
-    assert "**" in (out / "sweep.md").read_text()
+    md = (out / "sweep.md").read_text()
+    assert "**" in md and " 0.001 |" in md and " 0.02 |" in md  # grid values keep their precision
+    assert md.startswith("# Sweep (strategy swept,")
 
 
 def test_sweep_rejects_bad_point_before_running(tmp_path):

@@ -81,16 +81,17 @@ def run_sweep(config: str | None, overrides: list[str], grid_items: list[str], p
     table = report.format_table(
         header,
         [
-            [r[k] for k in keys]
+            [f"{r[k]:g}" if isinstance(r[k], float) else r[k] for k in keys]  # 0.0005 stays 0.0005
             + [
                 f"**{r['mean_test_ppl']:.2f}**" if r["mean_test_ppl"] == best else f"{r['mean_test_ppl']:.2f}",
-                f"{r['std_test_ppl']:.2f}",
+                f"{r['std_test_ppl']:.2f}" if r["n_seeds"] > 1 else report.DASH,
                 r["n_seeds"],
             ]
             for r in rows
         ],
     )
-    atomic_write_text(out / "sweep.md", f"# Sweep ({base.strategy}, seeds {seeds})\n\n{table}\n")
+    what = "strategy swept" if "strategy" in grid else base.strategy
+    atomic_write_text(out / "sweep.md", f"# Sweep ({what}, seeds {seeds})\n\n{table}\n")
     _plot(out / "sweep.png", rows, keys)
     return out
 
