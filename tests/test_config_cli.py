@@ -67,6 +67,14 @@ def test_yaml_nesting_and_explicit_mixture(tmp_path):
     assert cfg.data.mixture == [[1, 0], [0.5, 0.5]] and cfg.train.steps == 8 and cfg.train.warmup == 2
 
 
+def test_comma_lists_from_the_command_line():
+    cfg = load_config(None, ["seeds=0,1", "strategies=local,predictions", "lora.targets=attention,mlp"])
+    assert cfg.seeds == [0, 1] and cfg.strategies == ["local", "predictions"]
+    assert cfg.lora.targets == ["attention", "mlp"]
+    with pytest.raises(ConfigError, match="seeds: expected an integer"):
+        load_config(None, ["seeds=0,x"])
+
+
 def test_exponent_floats_without_dot(tmp_path):
     # PyYAML (YAML 1.1) reads 5e-5 as a string; a float field must still accept it, from YAML and from the CLI
     p = tmp_path / "c.yaml"

@@ -321,8 +321,8 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         raise ConfigError(errors[0] if errors else f"{name}: unexpected value {value!r}")
     if origin is list:
         (item,) = typing.get_args(tp)
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, str):  # 'a,b' or '0,1' from the command line: items parsed as YAML scalars
+            value = [_scalar(v.strip()) for v in value.split(",") if v.strip()]
         if not isinstance(value, list):
             raise ConfigError(f"{name}: expected a list, got {value!r}")
         return [_coerce(v, item, name) for v in value]
@@ -348,6 +348,15 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
             raise ConfigError(f"{name}: expected a string, got {value!r}")
         return str(value)
     return value
+
+
+def _scalar(text: str) -> Any:
+    """'1' -> 1, '0.5' -> 0.5, 'attention' -> 'attention' (YAML scalar; the text itself if it is not one)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, (str, int, float, bool)) else text
 
 
 def _apply(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
