@@ -41,6 +41,7 @@ W_DESIGNED = [
     [0.05, 0.05, 0.30, 0.60],
 ]
 UNIFORM = [[0.25] * 4] * 4
+SCM_DESIGNED = (0.20 / 0.30 + 0.10 / 0.40 + 0.15 / 0.40 + 0.30 / 0.40) / 4  # same-category mass of W_DESIGNED
 
 
 def _assert_png(path: Path) -> None:
@@ -151,6 +152,11 @@ def test_first_step_reaching_and_mean_std():
     assert first_step_reaching(steps, vals, 50.0) == 0
     assert first_step_reaching(steps, vals, 20.0) is None
     assert first_step_reaching(steps, vals, float("nan")) is None
+    # one target per step (like for like): step 10 must reach 29.0, step 15 only 31.0
+    assert first_step_reaching(steps, vals, [31.0, 0.0, 99.0, 29.0]) == 15
+    assert first_step_reaching(steps, vals, [None, 50.0, None, None]) == 0
+    with pytest.raises(ValueError):
+        first_step_reaching(steps, vals, [1.0])
     assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
     assert mean_std([4.0]) == (4.0, None)
 
@@ -172,6 +178,14 @@ def test_series_and_rounds_merge_partial_records():
     ]
     s = mean_ppl_series(recs)
     assert [(p["step"], p["mean_ppl"], p["full"]) for p in s] == [(0, 15.0, True), (5, 2.0, False), (10, 3.0, True)]
+    sub = mean_ppl_series(recs, prefer="subsample")  # the subsample wins where both exist; else the full one
+    assert [(p["step"], p["mean_ppl"], p["full"]) for p in sub] == [
+        (0, 15.0, True),
+        (5, 2.0, False),
+        (10, 100.0, False),
+    ]
+    with pytest.raises(ValueError):
+        mean_ppl_series(recs, prefer="best")
     trust = [
         _trust(1, 5, [[0.5, 0.5]], users=[1]),
         _trust(1, 5, [[1.0, 0.0]], users=[0]),
@@ -270,6 +284,33 @@ def test_trust(tmp_path, capsys):
     _assert_png(paths["png"])
     _assert_png(paths["png_W"])
 
+    assert float(by["weights", "1"]["same_category_mass"]) == pytest.approx(1 / 3)  # uniform: 1 of 3 peers
+    assert float(by["weights", "2"]["same_category_mass"]) == pytest.approx(SCM_DESIGNED)
+    assert by["local", "2"]["same_category_mass"] == ""  # no off-diagonal trust: undefined
+    assert obj["uniform_same_category_mass"] == pytest.approx(1 / 3)
+    assert "## Trust quality (final round, mean over seeds)" in md
+
+    # Final-round trust quality per strategy, mean over seeds; one seed's summary.json carries its own.
+    fed1 = d / "fedavg-seed1" / "summary.json"
+    tq = dict.fromkeys(["same_category_mass", "top_peer_accuracy", "effective_peers", "l1_to_oracle_offdiag"], 0.5)
+    fed1.write_text(json.dumps(json.loads(fed1.read_text()) | {"trust_quality": tq}))
+    paths = write_trust(d)
+    q = {r["strategy"]: r for r in csv.DictReader(paths["csv_quality"].open())}
+    assert list(q) == ["local", "fedavg", "oracle", "weights"]
+    assert float(q["oracle"]["same_category_mass"]) == 1.0 and float(q["oracle"]["top_peer_accuracy"]) == 1.0
+    assert float(q["oracle"]["effective_peers"]) == pytest.approx(2.0)
+    assert float(q["oracle"]["l1_to_oracle_offdiag"]) == pytest.approx(0.0) and q["oracle"]["n_seeds"] == "2"
+    assert float(q["fedavg"]["same_category_mass"]) == pytest.approx((1 / 3 + 0.5) / 2)
+    assert float(q["fedavg"]["effective_peers"]) == pytest.approx((4 + 0.5) / 2)
+    assert q["local"]["same_category_mass"] == "" and float(q["local"]["effective_peers"]) == 1.0
+    assert float(q["weights"]["same_category_mass"]) == pytest.approx(SCM_DESIGNED)
+    obj = json.loads(paths["json"].read_text())
+    assert [s["n_seeds"] for s in obj["quality"]] == [2, 2, 2, 1]
+    assert obj["quality"][0]["same_category_mass"] is None
+    section = paths["md"].read_text().split("## Trust quality")[1].split("## Per round")[0]
+    row = next(line for line in section.splitlines() if line.startswith("| fedavg "))
+    assert f"{(1 / 3 + 0.5) / 2:.3f}" in row
+
     # An unfinished run (no summary.json yet) borrows oracle and categories from a finished one.
     (d / "weights-seed0" / "summary.json").unlink()
     rows = list(csv.DictReader(write_trust(d, out=tmp_path / "t")["csv"].open()))
@@ -341,6 +382,34 @@ def test_topology(tmp_path, capsys):
     obj = json.loads((tmp_path / "b" / "topology.json").read_text())
     assert obj["ring"]["first_step_reaching_other_final"] is None
     assert obj["full"]["first_step_reaching_other_final"] == 5  # 40 <= 40
+
+
+def test_topology_compares_like_with_like(tmp_path):
+    # Both runs record a subsampled AND a full-split eval at the base and the last step (as the protocol does);
+    # the subsample reads ~5 lower than the full split, so mixing them would misreport when a run "reaches" another.
+    dirs = []
+    for topo, sub, full_final in (("full", [45.0, 35.0, 28.0, 25.0], 30.0), ("ring", [45.0, 38.0, 27.0, 26.0], 31.0)):
+        recs = [_eval(0, 0, [50.0, 50.0], True, model="base"), _eval(0, 0, [45.0, 45.0], False, model="base")]
+        recs += [_eval(r, 5 * r, [v, v], False) for r, v in enumerate(sub) if r > 0]
+        recs.append(_eval(3, 15, [full_final, full_final], True))
+        dirs.append(_write_run(tmp_path / f"{topo}-run", _summary("weights", 0, full_final, users=2), recs, _config()))
+    paths = write_topology(*dirs)
+    obj = json.loads(paths["json"].read_text())
+    # finals: the full split of both runs
+    assert obj["full"]["final_mean_test_ppl"] == 30.0 and obj["ring"]["final_mean_test_ppl"] == 31.0
+    assert obj["full"]["final_subsample_mean_test_ppl"] == 25.0 and obj["ring"]["final_subsample_mean_test_ppl"] == 26.0
+    # curves: the subsample at every step, last included
+    assert [p["mean_ppl"] for p in obj["ring"]["series"]] == [45.0, 38.0, 27.0, 26.0]
+    assert not any(p["full"] for p in obj["full"]["series"])
+    # ring's subsample never gets to full's subsample final 25 (its 27 at step 10 is only below full's 30 on the
+    # full split); full's subsample reaches ring's 26 at step 15, not at step 10 (28 <= 31 mixed the two).
+    assert obj["ring"]["first_step_reaching_other_final"] is None
+    assert obj["full"]["first_step_reaching_other_final"] == 15
+    assert not obj["full"]["reaching_compares_subsample_with_full_split"]
+    rows = list(csv.DictReader(paths["csv"].open()))
+    assert [r["full_eval_full_split"] for r in rows] == ["False"] * 4
+    md = paths["md"].read_text()
+    assert "approx." not in md and "Like with like" in md
 
 
 def test_placement(tmp_path, capsys):

@@ -31,21 +31,25 @@ def encode(s: str) -> list[int]:
 # mixture
 
 
-def test_mixture_high_blocks():
+def test_mixture_high_interleaved():
     d = mixture_matrix("high", 6, 3)
     assert d.dtype == np.float64 and d.shape == (6, 3)
-    assert d.argmax(axis=1).tolist() == [0, 0, 1, 1, 2, 2]
+    assert d.argmax(axis=1).tolist() == [0, 1, 2, 0, 1, 2]  # user i -> category i mod C (paper's scripts)
     np.testing.assert_allclose(d.sum(axis=1), 1.0)
     assert set(np.unique(d)) == {0.0, 1.0}
-    assert mixture_matrix("high", 4, 3).argmax(axis=1).tolist() == [0, 0, 1, 2]
-    assert mixture_matrix("high", 2, 4).argmax(axis=1).tolist() == [0, 2]
+    assert mixture_matrix("high", 4, 3).argmax(axis=1).tolist() == [0, 1, 2, 0]
+    assert mixture_matrix("high", 2, 4).argmax(axis=1).tolist() == [0, 1]
+    for n, c in ((9, 3), (7, 3), (5, 2), (3, 5)):  # users spread evenly: counts differ by at most one
+        counts = mixture_matrix("high", n, c).sum(axis=0)
+        assert counts.max() - counts.min() <= 1 and counts.sum() == n
 
 
 def test_mixture_low():
     d = mixture_matrix("low", 6, 3)
     np.testing.assert_allclose(d.sum(axis=1), 1.0)
-    for u, c in enumerate([0, 0, 1, 1, 2, 2]):
+    for u, c in enumerate([0, 1, 2, 0, 1, 2]):
         assert d[u, c] == 0.75 and d[u, (c + 1) % 3] == 0.25
+    assert np.count_nonzero(d) == 12
     np.testing.assert_array_equal(mixture_matrix("low", 3, 1), mixture_matrix("high", 3, 1))
     np.testing.assert_array_equal(mixture_matrix("low", 3, 1), np.ones((3, 1)))
 
@@ -202,7 +206,7 @@ def test_partition_high_users_only_own_category():
     docs, owner = _marker_docs()
     p = build_partition(docs, encode, EOS, _cfg(users=6, mixture="high"))
     for i, u in enumerate(p.users):
-        own = f"cat{i * 3 // 6}"
+        own = f"cat{i % 3}"
         for t in (u.train, u.val, u.test):
             assert set(_cat_counts(t, owner)) == {own}
 
@@ -219,7 +223,7 @@ def test_partition_deterministic_and_seed_dependent():
 
 
 def test_partition_interleaves_categories():
-    docs = {"a": ["a" * 9] * 40, "b": ["b" * 9] * 40}
+    docs = {"a": ["a" * 9 + str(i) for i in range(40)], "b": ["b" * 9 + str(i) for i in range(40)]}
     cfg = DataConfig(users=1, mixture=[[3, 1]], train_tokens=400, val_tokens=10, test_tokens=10, reference_tokens=2)
     p = build_partition(docs, encode, EOS, cfg)
     first = p.users[0].train[:100].tolist()
@@ -233,7 +237,7 @@ def test_partition_lazy_tokenisation():
         calls.append(s)
         return encode(s)
 
-    docs = {"a": ["x" * 50] * 1000, "b": ["y" * 50] * 1000}
+    docs = {"a": ["x" * 46 + f"{i:04d}" for i in range(1000)], "b": ["y" * 46 + f"{i:04d}" for i in range(1000)]}
     p = build_partition(docs, counting_encode, EOS, _cfg(users=2, mixture="high"))
     assert len(calls) < 20
     assert p.info["available"]["a"]["documents"] == 1000
@@ -255,6 +259,33 @@ def test_partition_mixture_width_mismatch():
     docs, _ = _marker_docs()
     with pytest.raises(ConfigError, match=r"data\.mixture: expected a 2 x 3 matrix"):
         build_partition(docs, encode, EOS, _cfg(users=2, mixture=[[1, 0], [0, 1]]))
+
+
+def test_partition_deduplicates_documents_across_splits():
+    """Identical texts (within a category, across categories, differing only in surrounding whitespace)
+    are kept once: no document content is shared by any two splits (train, val, test, X_S)."""
+    docs, owner = _marker_docs(per_cat=30)
+    dup = {k: list(v) for k, v in docs.items()}
+    dup["cat0"] += docs["cat0"][:10] + [" " + docs["cat0"][0] + "\n"]  # 11 copies inside the category
+    dup["cat1"] += docs["cat0"][10:15] + docs["cat1"][:3]  # 5 copies of another category's texts, 3 own
+    dup["cat2"] = [x for d in docs["cat2"] for x in (d, d)]  # every document twice
+    p = build_partition(dup, encode, EOS, _cfg(users=4, train_tokens=20, val_tokens=9, test_tokens=13))
+    assert p.info["duplicates_dropped"] == {"cat0": 11, "cat1": 8, "cat2": 30}
+    assert {c: a["documents"] for c, a in p.info["available"].items()} == {"cat0": 30, "cat1": 30, "cat2": 30}
+    seen: dict[int, str] = {}
+    for name, t in _all_streams(p):
+        assert not {ord(" "), ord("\n")} & set(t.tolist())  # the whitespace variant was dropped
+        for b in set(t.tolist()) - {EOS}:
+            assert b not in seen, f"document {chr(b)!r} in both {seen[b]} and {name}"
+            seen[b] = name
+    # the first occurrence is kept: cat0's texts copied into cat1 are only ever served as cat0
+    for i, u in enumerate(p.users):
+        for split in ("train", "val", "test"):
+            counts = _cat_counts(getattr(u, split), owner)
+            assert {c: n for c, n in p.info["users"][i][split]["tokens"].items() if n} == dict(counts)
+    same = build_partition(dup, encode, EOS, _cfg(users=4, train_tokens=20, val_tokens=9, test_tokens=13))
+    assert all(torch.equal(x[1], y[1]) for x, y in zip(_all_streams(p), _all_streams(same), strict=True))
+    assert build_partition(docs, encode, EOS, _cfg()).info["duplicates_dropped"] == {"cat0": 0, "cat1": 0, "cat2": 0}
 
 
 def test_partition_single_category():

@@ -25,9 +25,10 @@ def _adapters(run_dir):
     ]
 
 
-@pytest.mark.parametrize("strategy", ["validation", "predictions"])
+@pytest.mark.parametrize("strategy", ["weights", "validation", "predictions"])
 def test_distributed_equals_simulation(tiny_overrides, tmp_path, strategy):
-    over = tiny_overrides + [f"strategy={strategy}", "lora.same_init=false"]
+    # LoRA dropout on: each user's masks come from its own generator, so hosting it elsewhere changes nothing
+    over = tiny_overrides + [f"strategy={strategy}", "lora.same_init=false", "lora.dropout=0.1"]
     sim = api.run(load_config(None, over + [f"out={tmp_path / 'sim'}"]), progress=False, log=lambda *a: None)
     dist_dir = api.run(
         load_config(None, over + [f"out={tmp_path / 'dist'}", "runtime=distributed", "world_size=2"]),
@@ -48,8 +49,16 @@ def test_distributed_equals_simulation(tiny_overrides, tmp_path, strategy):
 
 
 def test_distributed_resume_after_crash(tiny_overrides, tmp_path, monkeypatch):
-    """A 2-process run killed before round 3 resumes from the committed round and matches an unbroken run."""
-    over = tiny_overrides + ["strategy=validation", "lora.same_init=false", "runtime=distributed", "world_size=2"]
+    """A 2-process run killed before round 3 resumes from the committed round and matches an unbroken run
+    (with LoRA dropout and the onecycle schedule, whose states travel in the checkpoint)."""
+    over = tiny_overrides + [
+        "strategy=validation",
+        "lora.same_init=false",
+        "runtime=distributed",
+        "world_size=2",
+        "lora.dropout=0.1",
+        "train.schedule=onecycle",
+    ]
     ref = api.run(load_config(None, over + [f"out={tmp_path / 'ref'}"]), progress=False, log=lambda *a: None)
     crash = tmp_path / "crash"
     monkeypatch.setenv("TRUSTLORA_FAIL_AT_ROUND", "3")

@@ -163,3 +163,144 @@ def test_grad_accumulation_averages_micro_batches():
         tr.step()
         grads.append(torch.cat([p.grad.flatten() for p in mm.adapter_parameters()]))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-7)
+
+
+# --------------------------------------------------------------------------------------------------
+# per-user dropout generators, train mode, A init
+
+
+def _same_adapters_everywhere(mm: MultiLoRA) -> None:
+    """Every slot gets the same non-zero adapter, so a user's output depends on its dropout mask alone."""
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in mm.adapter_parameters():
+            p.copy_((torch.randn(p.shape[1:], generator=g) * 0.3).expand_as(p))
+
+
+def _user_rows(user: int) -> torch.Tensor:
+    return torch.randint(0, 256, (B, T), generator=torch.Generator().manual_seed(100 + user))
+
+
+def _train_logits(n_users: int, user_ids: list[int], calls: int = 2) -> list[dict[int, torch.Tensor]]:
+    mm = MultiLoRA(tiny_random_model(seed=0), n_users, LoraConfig(dropout=0.5), seed=7, user_ids=user_ids, n_total=5)
+    _same_adapters_everywhere(mm)
+    mm.train()
+    ids = torch.cat([_user_rows(u) for u in user_ids])  # (n*B, T) user-major
+    out = []
+    with torch.no_grad():
+        for _ in range(calls):
+            logits = mm(ids)
+            out.append({u: logits[s * B : (s + 1) * B] for s, u in enumerate(user_ids)})
+    return out
+
+
+def test_user_dropout_mask_independent_of_stack_size_and_slot():
+    torch.manual_seed(0)  # the process RNG must play no part: reseed it differently between the runs
+    five = _train_logits(5, [0, 1, 2, 3, 4])
+    torch.manual_seed(123)
+    two = _train_logits(2, [3, 1])  # user 3 in slot 0 (slot 3 above), user 1 in slot 1
+    for call in range(2):  # the streams also continue identically over successive forwards
+        for u in (3, 1):
+            torch.testing.assert_close(two[call][u], five[call][u], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(five[0][3], five[1][3])  # dropout is on: a new mask each forward
+    # same text and same adapter in two users' slots: different masks in train mode, equal outputs in eval
+    mm = MultiLoRA(tiny_random_model(seed=0), 2, LoraConfig(dropout=0.5), seed=7)
+    _same_adapters_everywhere(mm)
+    ids = _user_rows(0).repeat(2, 1)
+    with torch.no_grad():
+        assert not torch.allclose(*mm.train()(ids).chunk(2))
+        torch.testing.assert_close(*mm.eval()(ids).chunk(2))
+
+
+def test_user_masks_differ_between_users_and_seeds():
+    from trustlora.model.multilora import dropout_seed, fast_dropout
+
+    x = torch.ones(4, 8, 16)  # 2 users x (2, 8, 16), identical inputs
+    gens = [torch.Generator().manual_seed(dropout_seed(0, u)) for u in (0, 1)]
+    y = fast_dropout(x, 0.5, gens)
+    assert not torch.equal(y[:2], y[2:])
+    assert set(torch.unique(y).tolist()) == {0.0, 2.0}
+    assert 0.4 < float((y == 0).float().mean()) < 0.6
+    assert dropout_seed(0, 1) != dropout_seed(1, 0) and dropout_seed(-1, 3) != dropout_seed(1, 3)
+    # the same generator state gives the same mask for this user whatever else is stacked
+    g0 = torch.Generator().manual_seed(dropout_seed(0, 1))
+    torch.testing.assert_close(fast_dropout(x[:2], 0.5, [g0]), y[2:])
+
+
+def test_dropout_state_roundtrip_continues_bit_identically():
+    ids = torch.randint(0, 256, (N * B, T), generator=torch.Generator().manual_seed(2))
+    mm = MultiLoRA(tiny_random_model(), N, LoraConfig(dropout=0.3), seed=1)
+    _same_adapters_everywhere(mm)
+    mm.train()
+    fresh = mm.dropout_state()
+    assert fresh["states"] is None and len(fresh["seeds"]) == N
+    with torch.no_grad():
+        mm(ids)
+        state = copy.deepcopy(mm.dropout_state())
+        expected = mm(ids)
+        other = MultiLoRA(tiny_random_model(), N, LoraConfig(dropout=0.3), seed=99)  # other seed: overwritten
+        _same_adapters_everywhere(other)
+        other.train()
+        other.load_dropout_state(state)
+        torch.testing.assert_close(other(ids), expected, rtol=0, atol=0)
+        mm.reset_adapters(1)  # a fresh start restarts the streams
+        _same_adapters_everywhere(mm)
+        other.load_dropout_state(fresh)
+        torch.testing.assert_close(mm(ids), other(ids), rtol=0, atol=0)
+
+
+def _tiny_gpt2(dropout: float):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(
+        vocab_size=64,
+        n_positions=32,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+        bos_token_id=63,
+        eos_token_id=63,
+    )
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(cfg)
+
+
+def test_train_mode_leaves_frozen_base_dropout_off():
+    ids = torch.randint(0, 64, (2 * B, T), generator=torch.Generator().manual_seed(3))
+    base = _tiny_gpt2(0.3)
+    base.train()
+    with torch.no_grad():
+        assert not torch.allclose(base(input_ids=ids).logits, base(input_ids=ids).logits)  # base dropout is live
+    mm = MultiLoRA(base, 2, LoraConfig(dropout=0.0), seed=0)
+    assert {n.rsplit(".", 1)[-1] for n in mm.target_names} == {"c_attn", "c_proj", "c_fc"}
+    _same_adapters_everywhere(mm)
+    mm.train()
+    assert mm.training and all(layer.training for layer in mm.layers.values())
+    assert not mm.model.training and not mm.model.transformer.drop.training
+    assert not any(layer.base.training for layer in mm.layers.values())
+    with torch.no_grad():
+        torch.testing.assert_close(mm(ids), mm(ids), rtol=0, atol=0)
+    # adapter dropout still follows the flag
+    mm2 = MultiLoRA(_tiny_gpt2(0.3), 2, LoraConfig(dropout=0.3), seed=0)
+    _same_adapters_everywhere(mm2)
+    with torch.no_grad():
+        mm2.train()
+        assert not torch.allclose(mm2(ids), mm2(ids))
+        mm2.eval()
+        assert not any(layer.training for layer in mm2.layers.values())
+        torch.testing.assert_close(mm2(ids), mm2(ids), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("init_bound", ["kaiming", "inv_sqrt_r"])
+def test_init_bound(init_bound):
+    r = 4
+    mm = MultiLoRA(tiny_random_model(), N, LoraConfig(r=r, init_bound=init_bound), seed=0)
+    for layer in mm.layers.values():
+        d_in = layer.lora_A.shape[1]
+        bound = 1 / r**0.5 if init_bound == "inv_sqrt_r" else 1 / d_in**0.5
+        a = layer.lora_A.detach()
+        assert float(a.abs().max()) <= bound and float(a.abs().max()) > 0.8 * bound
+        assert float(layer.lora_B.detach().abs().sum()) == 0

@@ -273,3 +273,61 @@ def test_run_report_many_users_and_rounds(tmp_path):
     assert "No byte counts recorded" in md
     for name in ("W_final.png", "W_rounds.png", "curves.png"):
         _assert_png(run / name)
+
+
+# ---------------------------------------------------------------------------------------------- trust quality
+
+
+def test_run_report_trust_quality_computed_from_final_w(tmp_path):
+    summary = _summary()  # no trust_quality (an older run): computed from the final W and the mixture
+    summary["mixture"] = [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]  # u0, u1 share a category; u2 is alone
+    summary["user_categories"] = ["de", "de", "code"]
+    md = write_run_report(_make_run(tmp_path, summary)).read_text()
+    q = _section(md, "## Trust quality")
+    # W2 = [[0.81, 0.14, 0.05], [0.12, 0.83, 0.05], ...]: off-diagonal share on the same-category peer
+    assert _table_row(q, "u0")[1:4] == ["de", f"{0.14 / 0.19:.3f}", "1.00"]
+    assert _table_row(q, "u1")[2] == f"{0.12 / 0.17:.3f}"
+    assert _table_row(q, "u2")[2:4] == ["—", "—"]  # no same-category peer: undefined
+    assert _table_row(q, "u0")[4] == f"{1 / (0.81**2 + 0.14**2 + 0.05**2):.2f}"
+    assert _table_row(q, "**Mean**")[2] == f"{(0.14 / 0.19 + 0.12 / 0.17) / 2:.3f}"  # u2 left out
+
+
+def test_run_report_trust_quality_from_summary(tmp_path):
+    tq = {
+        "same_category_mass": 0.5,
+        "top_peer_accuracy": 1.0,
+        "effective_peers": 1.5,
+        "l1_to_oracle_offdiag": None,
+        "same_category_mass_per_user": [0.4, 0.6, None],
+        "top_peer_accuracy_per_user": [1.0, 1.0, None],
+        "effective_peers_per_user": [1.5, 1.5, 1.5],
+        "l1_to_oracle_offdiag_per_user": [None, None, None],
+    }
+    md = write_run_report(_make_run(tmp_path, _summary() | {"trust_quality": tq})).read_text()
+    q = _section(md, "## Trust quality")
+    assert _table_row(q, "u1")[2:] == ["0.600", "1.00", "1.50", "—"]
+    assert _table_row(q, "**Mean**")[2:] == ["0.500", "1.00", "1.50", "—"]
+
+
+def test_comparison_same_category_mass_column(tmp_path):
+    from trustlora.report import comparison_row_from_run
+
+    rows = [
+        {"strategy": "fedavg", "seed": 0, "mean_test_ppl": 30.0, "same_category_mass": 0.2},
+        {"strategy": "fedavg", "seed": 1, "mean_test_ppl": 31.0, "same_category_mass": 0.4},
+        {"strategy": "local", "seed": 0, "mean_test_ppl": 35.0, "same_category_mass": None},
+    ]
+    paths = write_comparison(rows, tmp_path / "cmp", "t")
+    got = {r["strategy"]: r for r in csv.DictReader(paths["csv"].read_text().splitlines())}
+    assert float(got["fedavg"]["same_category_mass"]) == pytest.approx(0.3) and got["local"]["same_category_mass"] == ""
+    md = paths["md"].read_text()
+    assert "SCM (final)" in md
+    assert _table_row(md, "**fedavg**")[5] == "0.300" and _table_row(md, "local")[5] == "—"
+
+    run = tmp_path / "run"
+    run.mkdir()
+    s = _summary() | {"final_W": W2, "mixture": [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]}
+    (run / "summary.json").write_text(json.dumps(s))
+    assert comparison_row_from_run(run)["same_category_mass"] == pytest.approx((0.14 / 0.19 + 0.12 / 0.17) / 2)
+    (run / "summary.json").write_text(json.dumps(s | {"trust_quality": {"same_category_mass": 0.9}}))
+    assert comparison_row_from_run(run)["same_category_mass"] == 0.9

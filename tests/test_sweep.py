@@ -1,6 +1,7 @@
 """trustlora sweep: grid parsing and a tiny two-point sweep end to end."""
 
 import csv
+import json
 
 import pytest
 
@@ -47,3 +48,47 @@ def test_sweep_rejects_bad_point_before_running(tmp_path):
 
     with pytest.raises(ConfigError, match="train.lr"):
         run_sweep(None, [f"out={tmp_path}"], ["train.lr=0.001,-1"])
+
+
+def _finished_point(out, name: str, test: float, val_per_user: list[float]) -> None:
+    d = out / name
+    d.mkdir(parents=True)
+    (d / "summary.json").write_text(json.dumps({"final_mean_test_ppl": test, "final_val_ppl": val_per_user}))
+
+
+def test_best_point_is_chosen_on_val_not_test(tmp_path):
+    from trustlora.sweep import run_sweep
+
+    out = tmp_path / "sw"
+    # lr=0.001 is best on test (10 < 12) but worse on val (31 > 21): the val choice must win.
+    _finished_point(out, "train.lr=0.001-seed0", 10.0, [30.0, 32.0])
+    _finished_point(out, "train.lr=0.002-seed0", 12.0, [20.0, 22.0])
+    _finished_point(out, "train.lr=0.004-seed0", 11.0, [25.0, 27.0])
+    run_sweep(None, [f"out={out}"], ["train.lr=0.001,0.002,0.004"], progress=False)  # all points reused
+    obj = json.loads((out / "sweep.json").read_text())
+    assert obj["best"] == {"train.lr": 0.002}
+    assert [r["mean_val_ppl"] for r in obj["rows"]] == [31.0, 21.0, 26.0]
+    assert [r["best"] for r in obj["rows"]] == [False, True, False]
+    rows = list(csv.DictReader(open(out / "sweep.csv")))
+    assert [r["best"] for r in rows] == ["False", "True", "False"]
+    md = (out / "sweep.md").read_text()
+    assert "**21.00**" in md and "**12.00**" in md and "**10.00**" not in md
+    assert "train.lr=0.002" in md.split("Best point")[1]
+
+
+def test_best_index_and_point_row():
+    from trustlora.sweep import best_index, point_row
+
+    two_seeds = [
+        {"final_mean_test_ppl": 7.0, "final_val_ppl": [9.0, 11.0]},
+        {"final_mean_test_ppl": 9.0, "final_val_ppl": [9.0, 9.0]},
+    ]
+    rows = [
+        point_row({"a": 1}, [{"final_mean_test_ppl": 5.0}]),  # no val: not eligible
+        point_row({"a": 2}, [{"final_mean_test_ppl": 9.0, "final_mean_val_ppl": 8.0}]),
+        point_row({"a": 3}, two_seeds),
+    ]
+    assert rows[0]["mean_val_ppl"] is None
+    assert rows[2]["mean_val_ppl"] == 9.5 and rows[2]["mean_test_ppl"] == 8.0 and rows[2]["n_seeds"] == 2
+    assert best_index(rows) == 1
+    assert best_index(rows[:1]) is None

@@ -30,6 +30,10 @@ def _inputs(seed=0, k=4, m=7, v=20):
         val_losses=val_losses,
         topk_values=vals,
         topk_indices=idx.to(torch.int32),
+        theta0=torch.zeros(N, 30),
+        val_base_losses=torch.full((N,), 5.0, dtype=torch.float64),
+        base_topk_values=torch.rand(m, k, generator=g),
+        base_topk_indices=torch.stack([torch.randperm(v, generator=g)[:k] for _ in range(m)]).to(torch.int32),
     )
 
 
@@ -60,6 +64,10 @@ def test_rows_are_stochastic_and_permutation_equivariant(name):
         val_losses=inp.val_losses[perm][:, perm],
         topk_values=inp.topk_values[perm],
         topk_indices=inp.topk_indices[perm],
+        theta0=inp.theta0[perm],
+        val_base_losses=inp.val_base_losses[perm],
+        base_topk_values=inp.base_topk_values,
+        base_topk_indices=inp.base_topk_indices,
     )
     wp, _ = get(name).trust(pinp, TrustConfig())
     torch.testing.assert_close(wp, w[perm][:, perm])
@@ -85,7 +93,7 @@ def test_weights_matches_numpy_cosine_softmax():
     cos = (t @ t.T) / np.outer(np.linalg.norm(t, axis=1), np.linalg.norm(t, axis=1))
     tau = 0.3
     ref = np.exp(cos / tau) / np.exp(cos / tau).sum(1, keepdims=True)
-    w, s = get("weights").trust(inp, TrustConfig(temperature=tau))
+    w, s = get("weights").trust(inp, TrustConfig(temperature=tau, scale="none"))
     np.testing.assert_allclose(s.numpy(), cos, atol=1e-12)
     np.testing.assert_allclose(w.numpy(), ref, atol=1e-12)
     np.testing.assert_allclose(cosine_scores(inp.theta, [2]).numpy(), cos[2:3], atol=1e-12)
@@ -95,9 +103,9 @@ def test_validation_softmax_of_negative_loss_and_ppl_option():
     inp = _inputs()
     s = inp.val_losses.numpy()
     ref = np.exp(-s) / np.exp(-s).sum(1, keepdims=True)
-    w, _ = get("validation").trust(inp, TrustConfig())
+    w, _ = get("validation").trust(inp, TrustConfig(scale="none"))
     np.testing.assert_allclose(w.numpy(), ref, atol=1e-12)
-    w2, s2 = get("validation").trust(inp, TrustConfig(val_metric="ppl", temperature=5.0))
+    w2, s2 = get("validation").trust(inp, TrustConfig(val_metric="ppl", temperature=5.0, scale="none"))
     np.testing.assert_allclose(s2.numpy(), np.exp(s))
     ref2 = np.exp(-np.exp(s) / 5) / np.exp(-np.exp(s) / 5).sum(1, keepdims=True)
     np.testing.assert_allclose(w2.numpy(), ref2, atol=1e-12)
@@ -118,8 +126,8 @@ def test_sparse_l1_matches_dense_reference():
     w, _ = get("predictions").trust(inp, TrustConfig(scale="none"))
     ref = np.exp(-s.numpy()) / np.exp(-s.numpy()).sum(1, keepdims=True)
     np.testing.assert_allclose(w.numpy(), ref, atol=1e-12)
-    # default ('auto'): rows rescaled to sum 10 first, as the official code does
-    w, _ = get("predictions").trust(inp, TrustConfig())
+    # scale='row_l1': rows rescaled to sum 10 first, as the official code does
+    w, _ = get("predictions").trust(inp, TrustConfig(scale="row_l1"))
     sc = s.numpy() / s.numpy().sum(1, keepdims=True) * 10
     np.testing.assert_allclose(w.numpy(), np.exp(-sc) / np.exp(-sc).sum(1, keepdims=True), atol=1e-12)
 
@@ -139,7 +147,7 @@ def test_normalisers_topk_threshold_and_rescale():
 def test_partial_rows_for_a_subset_of_users():
     inp = _inputs()
     full, _ = get("weights").trust(inp, TrustConfig())
-    sub = TrustInputs(users=[1, 3], n_users=N, theta=inp.theta)
+    sub = TrustInputs(users=[1, 3], n_users=N, theta=inp.theta, theta0=inp.theta0)
     part, _ = get("weights").trust(sub, TrustConfig())
     torch.testing.assert_close(part, full[[1, 3]])
     loc, _ = get("local").trust(sub, TrustConfig())

@@ -33,6 +33,7 @@ from trustlora.model.multilora import MultiLoRA
 from trustlora.protocol import LocalData, Protocol
 from trustlora.train import LocalTrainer, resolve_precision
 from trustlora.trust.oracle import oracle_matrix
+from trustlora.trust.quality import merge_quality, trust_quality
 
 
 @dataclass
@@ -174,6 +175,8 @@ def merge_records(parts: list[dict]) -> dict:
             out[key] = [x for p in parts for x in p[key]]
     if "seconds" in out:
         out["seconds"] = max(p["seconds"] for p in parts)
+    if out.get("quality") is not None:
+        out["quality"] = merge_quality([p.get("quality") for p in parts])
     return out
 
 
@@ -296,6 +299,12 @@ def run_users(cfg: Config, comm, ws: Workspace | None = None, progress: bool = T
         "train_tokens_per_s": tokens / train_time if train_time > 0 else None,
         "adapter_params_per_user": mm.num_adapter_params(),
         "bytes_per_round": trusts[-1]["bytes"] if trusts else {},
+        # trust quality of the final W (trustlora.trust.quality): means + per-user lists (order of final_W's rows)
+        "trust_quality": trust_quality(
+            np.asarray(trusts[-1]["W"]) if trusts else np.eye(n),
+            trusts[-1].get("users", range(n)) if trusts else range(n),
+            part.mixture,
+        ),
         "data": part.info,
     }
     atomic_write_json(out / "summary.json", summary)

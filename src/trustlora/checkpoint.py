@@ -3,7 +3,8 @@
 Layout inside a run directory while it trains::
 
     checkpoint.json                       {"round": r}: the last round that EVERY process saved (commit point)
-    checkpoint/u<first user>-r<r>.pt      one file per process: its users' adapters, optimizer, RNG states
+    checkpoint/u<first user>-r<r>.pt      one file per process: its users' adapters, optimizer, lr schedule,
+                                          RNG states (batch samplers, per-user dropout generators)
 
 After round r every process writes its file, all wait for each other, the process hosting user 0 rewrites
 ``checkpoint.json``, all wait again, and each deletes its older files. A crash at any moment leaves a

@@ -3,6 +3,7 @@
     trustlora run [--config FILE] [--dry-run] [key=value ...]     one experiment (default: the embedded demo)
     trustlora compare [--config FILE] [strategies=a,b] [seeds=0,1] [key=value ...]
     trustlora data stats [--config FILE] [key=value ...]          per-user token counts + Jaccard table
+    trustlora scale --users 6,12,24 [--config FILE] [strategies=a,b] [key=value ...]   ppl + trust quality per N
     trustlora report RUN_DIR                                       re-render report.md and figures
     trustlora analyze {table4,trust,bytes,topology,placement} DIR... paper tables/figures from finished runs
 
@@ -133,6 +134,16 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_scale(args) -> int:
+    _quiet_libraries()
+    from trustlora.scaling import parse_users, run_scaling
+
+    out = run_scaling(args.config, args.overrides, parse_users(args.users), progress=not args.no_progress)
+    print((out / "scale.md").read_text())
+    print(f"scaling table written to {out}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from trustlora import report
 
@@ -175,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw = sub.add_parser("sweep", help="run a grid of overrides (e.g. --grid train.lr=1e-3,2e-3) and tabulate")
     common(sw)
     sw.add_argument("--grid", action="append", default=[], metavar="key=v1,v2", help="a swept key (repeatable)")
+    sc = sub.add_parser("scale", help="run strategies at several numbers of users; ppl and trust quality per N")
+    common(sc)
+    sc.add_argument("--users", required=True, metavar="N1,N2", help="numbers of users, e.g. 6,12,24,48")
     dp = sub.add_parser("data", help="data tools")
     dsub = dp.add_subparsers(dest="data_command", required=True)
     st = dsub.add_parser("stats", help="per-user token counts and Jaccard overlap")
@@ -203,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"run": cmd_run, "compare": cmd_compare, "data": cmd_data, "sweep": cmd_sweep, "report": cmd_report}
+    handlers["scale"] = cmd_scale
     handlers["analyze"] = cmd_analyze
     try:
         return handlers[args.command](args)

@@ -45,6 +45,9 @@ class LoraConfig:
     ['full'] = no adapters, every user fine-tunes all weights (placement ablation; memory ~16 B/param/user)."""
     same_init: bool = True
     """Give every user the same initial A (so averaging is meaningful)."""
+    init_bound: str = "kaiming"
+    """Initial A ~ U(-b, b): 'kaiming' (PEFT's, b = 1/sqrt(in_features)) or 'inv_sqrt_r' (b = 1/sqrt(r),
+    the official code's); B starts at 0 either way."""
 
     def validate(self) -> None:
         _check(isinstance(self.r, int) and self.r >= 1, "lora.r", "an integer >= 1", self.r)
@@ -56,6 +59,12 @@ class LoraConfig:
             "lora.targets",
             "'full' alone (full fine-tuning) or adapter targets without 'full'",
             self.targets,
+        )
+        _check(
+            self.init_bound in ("kaiming", "inv_sqrt_r"),
+            "lora.init_bound",
+            "'kaiming' or 'inv_sqrt_r'",
+            self.init_bound,
         )
 
 
@@ -132,9 +141,18 @@ class TrainConfig:
     seq_len: int = 128
     """Tokens per sequence."""
     lr: float = 2e-3
-    """AdamW learning rate (constant)."""
+    """AdamW learning rate (constant, or the peak of schedule 'onecycle')."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW (beta1, beta2)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
+    schedule: str = "constant"
+    """Learning-rate schedule over train.steps: 'constant', or 'onecycle' = torch's OneCycleLR set as in the
+    official code: cosine rise from lr/100 to lr over the first train.lr_warmup of the steps, then cosine
+    anneal to lr/5 at train.steps (div_factor 100, final_div_factor 0.05, betas never cycled)."""
+    lr_warmup: float = 0.02
+    """Schedule 'onecycle': fraction of train.steps spent rising to the peak lr (OneCycleLR's pct_start; the
+    official code's warmup_percent). Unrelated to train.warmup (local steps before the first exchange)."""
     grad_clip: float = 1.0
     """Per-user gradient-norm clip (0 disables)."""
     precision: str = "auto"
@@ -153,6 +171,16 @@ class TrainConfig:
         )
         _check(self.lr > 0, "train.lr", "a number > 0", self.lr)
         _check(self.weight_decay >= 0, "train.weight_decay", "a number >= 0", self.weight_decay)
+        _check(
+            isinstance(self.betas, (list, tuple))
+            and len(self.betas) == 2
+            and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in self.betas),
+            "train.betas",
+            "two numbers in [0, 1) (beta1, beta2)",
+            self.betas,
+        )
+        _check(self.schedule in ("constant", "onecycle"), "train.schedule", "'constant' or 'onecycle'", self.schedule)
+        _check(0 < self.lr_warmup < 1, "train.lr_warmup", "a fraction in (0, 1)", self.lr_warmup)
         _check(self.grad_clip >= 0, "train.grad_clip", "a number >= 0", self.grad_clip)
         _check(
             self.precision in ("auto", "bf16", "fp32"), "train.precision", "'auto', 'bf16' or 'fp32'", self.precision
@@ -163,8 +191,9 @@ class TrainConfig:
 class TrustConfig:
     """How trust scores become the row-stochastic W and how W is applied."""
 
-    temperature: float = 1.0
-    """Softmax temperature tau."""
+    temperature: float | str = "auto"
+    """Softmax temperature tau, or 'auto': the calibration's default (0.1 for scale 'relative', where tau is a
+    fraction of a user's own movement; 1.0 for the paper-style scales, as in the paper)."""
     normaliser: str = "softmax"
     """'softmax', 'topk' (softmax over the top_peers best) or 'threshold'."""
     top_peers: int = 2
@@ -179,9 +208,11 @@ class TrustConfig:
     apply: bool = True
     """Aggregate with W (true) or only compute and record W while every user trains alone (false, paper A.3)."""
     scale: str = "auto"
-    """Score rescaling before the normaliser: 'none', 'row_l1' (S / sum_j S_ij * 10, official code), 'row_mean',
-    or 'auto' = the strategy's own default (row_l1 for predictions, whose L1 distances have no natural unit;
-    none for validation, whose CE is in nats, and for weights, whose cosine is in [-1, 1])."""
+    """How scores become trust (src/trustlora/trust/normalise.py). 'relative' (what 'auto' means for weights,
+    validation and predictions): each peer's distance beyond the closest peer's, in units of how far the user's
+    own training moved it — independent of N, of the corpus and of the number of steps. Paper-style options
+    kept for reproduction: 'none' = the paper's formulas (softmax(cos/tau), softmax(-CE/tau), softmax(-L1/tau)),
+    'row_l1' = the official code's rescaling (S / sum_j S_ij * 10), 'row_mean' (S / mean_j S_ij)."""
     topk: int = 10
     """Strategy 'predictions': logits kept per position."""
     logit_space: str = "probs"
@@ -192,7 +223,12 @@ class TrustConfig:
     """Strategy 'validation': 'loss' (mean CE, default) or 'ppl' (perplexity, official code)."""
 
     def validate(self) -> None:
-        _check(self.temperature > 0, "trust.temperature", "a number > 0", self.temperature)
+        _check(
+            self.temperature == "auto" or (isinstance(self.temperature, float) and self.temperature > 0),
+            "trust.temperature",
+            "a number > 0 or 'auto'",
+            self.temperature,
+        )
         _check(
             self.normaliser in ("softmax", "topk", "threshold"),
             "trust.normaliser",
@@ -209,9 +245,9 @@ class TrustConfig:
         _check(self.mode in ("update", "weight"), "trust.mode", "'update' or 'weight'", self.mode)
         _check(self.topology in ("full", "ring"), "trust.topology", "'full' or 'ring'", self.topology)
         _check(
-            self.scale in ("auto", "none", "row_l1", "row_mean"),
+            self.scale in ("auto", "relative", "none", "row_l1", "row_mean"),
             "trust.scale",
-            "auto, none, row_l1 or row_mean",
+            "auto, relative, none, row_l1 or row_mean",
             self.scale,
         )
         _check(isinstance(self.topk, int) and self.topk >= 1, "trust.topk", "an integer >= 1", self.topk)

@@ -23,8 +23,10 @@ from trustlora.aggregate import mix_updates, mix_weights, neighbour_mask, restri
 from trustlora.comm import Communicator
 from trustlora.config import Config
 from trustlora.model.multilora import MultiLoRA
+from trustlora.reference import base_topk_predictions
 from trustlora.train import LocalTrainer, cross_losses, evaluate, topk_predictions
 from trustlora.trust import TrustInputs, get
+from trustlora.trust.quality import trust_quality
 
 
 def round_schedule(steps: int, warmup: int, period: int) -> list[int]:
@@ -66,6 +68,11 @@ class Protocol:
         self.strategy = get(cfg.strategy)
         self.schedule = round_schedule(cfg.train.steps, cfg.train.warmup, cfg.train.period)
         self.users = comm.local_users
+        # the starting point, for relative trust calibration (theta0 is the adapters before any training: the
+        # protocol is built after reset_adapters and before a checkpoint is restored)
+        self.needs_reference = getattr(self.strategy, "needs_reference", lambda c: False)(cfg.trust)
+        self.theta0_local = mm.get_flat().detach().clone() if self.needs_reference else None
+        self._reference: dict[str, torch.Tensor] = {}
 
     # ---- evaluation ---------------------------------------------------------------------------
     def evaluate(self, round_: int, step: int, full: bool, base: bool = False) -> dict[str, list[float]]:
@@ -94,7 +101,11 @@ class Protocol:
         return out
 
     def evaluate_base(self) -> dict[str, list[float]]:
-        return self.evaluate(0, 0, full=True, base=True)
+        """Base model on the full splits, then (for the subsampled per-round curves) on the subsample."""
+        out = self.evaluate(0, 0, full=True, base=True)
+        if self.cfg.eval.during_tokens:
+            self.evaluate(0, 0, full=False, base=True)
+        return out
 
     # ---- messages and trust -------------------------------------------------------------------
     def _val_cross(self, thetas: torch.Tensor) -> torch.Tensor:
@@ -121,10 +132,45 @@ class Protocol:
         self.mm.set_flat(own)
         return out
 
+    def _starting_point(self, inp: TrustInputs) -> None:
+        """Fill the reference the relative calibration measures movement from; computed once, then cached.
+
+        theta0 of every user (one all-gather, in the first round after a (re)start; counted as kind 'theta0'), the
+        frozen base model's CE on each local user's trust val tokens, its top-k predictions on X_S.
+        """
+        tr, tc = self.cfg.train, self.cfg.trust
+        ref, wanted = self._reference, getattr(self.strategy, "reference", ())
+        if "theta0" in wanted and "theta0" not in ref:
+            ref["theta0"] = self.comm.all_gather(self.theta0_local, "theta0").cpu()
+        if "val_base" in wanted and "val_base" not in ref:
+            loss, _ = evaluate(
+                self.mm, self.data.val, tr.seq_len, self.cfg.eval.batch_size, tr.precision, tc.val_tokens, base=True
+            )
+            ref["val_base"] = torch.tensor(loss, dtype=torch.float64)
+        if "topk_base" in wanted and "topk_base_values" not in ref:
+            v, i = base_topk_predictions(
+                self.mm,
+                self.data.reference,
+                tc.topk,
+                tc.logit_space,
+                tr.seq_len,
+                self.cfg.eval.batch_size,
+                tr.precision,
+            )
+            ref["topk_base_values"], ref["topk_base_indices"] = v, i
+        inp.theta0 = ref.get("theta0")
+        inp.val_base_losses = ref.get("val_base")
+        inp.base_topk_values = ref.get("topk_base_values")
+        inp.base_topk_indices = ref.get("topk_base_indices")
+
     def exchange(self, before: torch.Tensor, after: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Publish messages, compute this process's trust rows, aggregate. Returns (W rows, scores)."""
         strat, tc = self.strategy, self.cfg.trust
         inp = TrustInputs(users=self.users, n_users=self.comm.n_users, mixture=self.mixture)
+        if tc.topology != "full":  # scores outside the graph are dropped before normalising
+            inp.mask = neighbour_mask(self.comm.n_users, tc.topology)[self.users]
+        if self.needs_reference:
+            self._starting_point(inp)
         thetas = None
         if "theta" in strat.needs or (tc.mode == "weight" and tc.apply and strat.exchanges):
             thetas = self.comm.all_gather(after, "theta")
@@ -199,10 +245,15 @@ class Protocol:
                 "step": step,
                 "users": self.users,
                 "W": w.tolist(),
+                # how well these rows follow the data structure (trustlora.trust.quality); api merges ranks
+                "quality": None if self.mixture is None else trust_quality(w, self.users, self.mixture),
                 "scores": None if scores is None else scores.tolist(),
                 "bytes": self.comm.sent_bytes(),
                 "bytes_equiv": self.message_sizes(after),
             }
         )
-        self.evaluate(r, step, full=(r == len(self.schedule)))
+        last = r == len(self.schedule)
+        if last and self.cfg.eval.during_tokens:  # the per-round (subsampled) curves get a last point too
+            self.evaluate(r, step, full=False)
+        self.evaluate(r, step, full=last)
         return step

@@ -6,7 +6,9 @@ same directory:
 
 * ``report.md`` -- strategy and model, a per-user table (dominant category, base and final test
   perplexity, relative change) with a Mean row, wall time, training tokens/s, the final trust matrix
-  W, its distance to the oracle W, and bytes sent per round per message kind;
+  W, its distance to the oracle W, its trust quality per user (same-category mass, top peer, effective
+  peers, off-diagonal L1 to the oracle; :mod:`trustlora.trust.quality`), and bytes sent per round per
+  message kind;
 * ``W_final.png`` -- the final learned W beside the oracle W (same 0..1 colour scale);
 * ``W_rounds.png`` -- one small heatmap of W per trust round;
 * ``curves.png`` -- per-user test perplexity (log scale) and train loss against the step.
@@ -449,6 +451,59 @@ def _plot_curves(path: Path, evals: list[dict], train: list[dict], labels: list[
 # --------------------------------------------------------------------------------------------------
 
 
+QUALITY_COLUMNS = (
+    ("same_category_mass", "same-category mass", ".3f"),
+    ("top_peer_accuracy", "top peer same category", ".2f"),
+    ("effective_peers", "effective peers", ".2f"),
+    ("l1_to_oracle_offdiag", "L1 to oracle (off-diag)", ".3f"),
+)
+
+
+def _run_trust_quality(summary: dict, w_final: np.ndarray | None) -> dict | None:
+    """``summary["trust_quality"]``, else computed from the final W and ``summary["mixture"]``, else ``None``."""
+    q = summary.get("trust_quality")
+    if isinstance(q, dict) and q:
+        return q
+    mix = _as_matrix(summary.get("mixture"))
+    if w_final is None or mix is None or mix.shape[0] != w_final.shape[1] or w_final.shape[0] != w_final.shape[1]:
+        return None
+    from trustlora.trust.quality import trust_quality
+
+    return trust_quality(w_final, range(w_final.shape[0]), mix)
+
+
+def _trust_quality_section(summary: dict, w_final: np.ndarray | None, cats: list[str]) -> list[str]:
+    """The "Trust quality" section of report.md: per user and mean (see trustlora.trust.quality)."""
+    q = _run_trust_quality(summary, w_final)
+    if q is None:
+        return []
+
+    def cell(x: Any, fmt: str) -> str:
+        return format(float(x), fmt) if _is_number(x) and math.isfinite(float(x)) else DASH
+
+    per_user = {k: q.get(f"{k}_per_user") or [] for k, _, _ in QUALITY_COLUMNS}
+    n = max(len(v) for v in per_user.values())
+    rows: list[list[Any]] = []
+    for i in range(n):
+        vals = [cell(per_user[k][i] if i < len(per_user[k]) else None, f) for k, _, f in QUALITY_COLUMNS]
+        rows.append([f"u{i}", cats[i] if i < len(cats) else DASH, *vals])
+    rows.append(["**Mean**", ""] + [cell(q.get(k), f) for k, _, f in QUALITY_COLUMNS])
+    headers = ["user", "dominant category"] + [h for _, h, _ in QUALITY_COLUMNS]
+    return [
+        "## Trust quality (final W)",
+        "",
+        format_table(headers, rows),
+        "",
+        "Same-category mass: share of a user's off-diagonal trust on peers with its dominant category (1 = all; "
+        "a uniform W gives the share of such peers). Top peer: whether its largest off-diagonal weight goes to "
+        "such a peer (ties count fractionally). Effective peers: 1 / Σ_j w_ij², self included (1 = only one "
+        "model, N = uniform). L1 to oracle: between the off-diagonal rows of W and of the oracle, each "
+        "renormalised (0 = same weighting, 2 = disjoint). — = undefined (no same-category peer, or no "
+        "off-diagonal trust as in local training); means leave undefined users out.",
+        "",
+    ]
+
+
 def write_run_report(run_dir: Path) -> Path:
     """Write ``report.md``, ``W_final.png``, ``W_rounds.png`` and ``curves.png`` into ``run_dir``.
 
@@ -549,6 +604,8 @@ def write_run_report(run_dir: Path) -> Path:
     else:
         out += ["_No trust records (this strategy does not learn W)._", ""]
 
+    out += _trust_quality_section(summary, w_final, cats)
+
     # Figures.
     figures: list[str] = []
     title = f"{strategy} · {model}"
@@ -601,6 +658,8 @@ def _aggregate(rows: list[dict]) -> list[dict]:
         vals = np.asarray([float(r["mean_test_ppl"]) for r in rs], dtype=float)
         walls = [float(r["wall_time_s"]) for r in rs if _is_number(r.get("wall_time_s"))]
         per_user = [_floats(r.get("test_ppl")) for r in rs]
+        scm = [float(r["same_category_mass"]) for r in rs if _is_number(r.get("same_category_mass"))]
+        scm = [v for v in scm if math.isfinite(v)]
         per_user_mean = None
         if per_user and all(p for p in per_user) and len({len(p) for p in per_user}) == 1:
             per_user_mean = np.mean(np.asarray(per_user, dtype=float), axis=0).tolist()
@@ -613,6 +672,7 @@ def _aggregate(rows: list[dict]) -> list[dict]:
                 "seeds": [r.get("seed") for r in rs],
                 "wall_time_s": float(np.mean(walls)) if walls else float("nan"),
                 "mean_test_ppl_per_user": per_user_mean,
+                "same_category_mass": float(np.mean(scm)) if scm else None,
             }
         )
     return agg
@@ -648,10 +708,11 @@ def _plot_comparison(path: Path, agg: list[dict], base: float, best: set[str], t
 def write_comparison(rows: list[dict], out_dir: Path, title: str) -> dict[str, Path]:
     """Aggregate per-(strategy, seed) rows per strategy and write the comparison files into ``out_dir``.
 
-    Each row: ``{"strategy", "seed", "mean_test_ppl", "test_ppl", "base_mean_test_ppl", "wall_time_s"}``
-    (only ``strategy`` and ``mean_test_ppl`` are required). Strategies keep their order of first
-    appearance; per strategy: mean over seeds of ``mean_test_ppl``, its sample std (ddof=1; 0.0 with
-    a single seed, shown as "—" in markdown), the number of seeds and the mean wall time. The base-model
+    Each row: ``{"strategy", "seed", "mean_test_ppl", "test_ppl", "base_mean_test_ppl", "wall_time_s",
+    "same_category_mass"}`` (only ``strategy`` and ``mean_test_ppl`` are required). Strategies keep their order
+    of first appearance; per strategy: mean over seeds of ``mean_test_ppl``, its sample std (ddof=1; 0.0 with
+    a single seed, shown as "—" in markdown), the number of seeds, the mean wall time and the mean over seeds
+    of the final W's same-category mass (seeds without one left out; "—" when none has one). The base-model
     perplexity is the mean of the rows' ``base_mean_test_ppl``. The best strategy (lowest mean; all ties)
     is bold in the markdown and orange in the chart.
 
@@ -669,17 +730,20 @@ def write_comparison(rows: list[dict], out_dir: Path, title: str) -> dict[str, P
     # CSV: header starts exactly with strategy,mean_test_ppl,std_test_ppl.
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["strategy", "mean_test_ppl", "std_test_ppl", "n_seeds", "wall_time_s"])
+    writer.writerow(["strategy", "mean_test_ppl", "std_test_ppl", "n_seeds", "wall_time_s", "same_category_mass"])
     for a in agg:
         wall = a["wall_time_s"]
         wall_cell = repr(wall) if math.isfinite(wall) else ""
-        writer.writerow([a["strategy"], repr(a["mean_test_ppl"]), repr(a["std_test_ppl"]), a["n_seeds"], wall_cell])
+        scm_cell = repr(a["same_category_mass"]) if a["same_category_mass"] is not None else ""
+        writer.writerow(
+            [a["strategy"], repr(a["mean_test_ppl"]), repr(a["std_test_ppl"]), a["n_seeds"], wall_cell, scm_cell]
+        )
     paths = {"csv": atomic_write_text(out_dir / "comparison.csv", buf.getvalue())}
 
     # Markdown.
     md_rows: list[list[Any]] = []
     if math.isfinite(base):
-        md_rows.append(["base model (no training)", f"{base:.2f}", DASH, DASH, DASH, DASH])
+        md_rows.append(["base model (no training)", f"{base:.2f}", DASH, DASH, DASH, DASH, DASH])
     for a in agg:
         m, s, n = a["mean_test_ppl"], a["std_test_ppl"], a["n_seeds"]
         bold = "**" if a["strategy"] in best else ""
@@ -691,13 +755,16 @@ def write_comparison(rows: list[dict], out_dir: Path, title: str) -> dict[str, P
                 f"± {s:.2f}" if n >= 2 else DASH,
                 n,
                 _fmt_pct(base, m),
+                f"{a['same_category_mass']:.3f}" if a["same_category_mass"] is not None else DASH,
                 f"{wall:.1f}" if math.isfinite(wall) else DASH,
             ]
         )
-    headers = ["strategy", "mean test ppl", "std over seeds", "seeds", "vs base", "wall time (s)"]
+    headers = ["strategy", "mean test ppl", "std over seeds", "seeds", "vs base", "SCM (final)", "wall time (s)"]
     md = [f"# {title}", "", format_table(headers, md_rows), ""]
     md.append(
-        "Mean test perplexity over users, averaged over seeds (lower is better); std is the sample std over seeds."
+        "Mean test perplexity over users, averaged over seeds (lower is better); std is the sample std over seeds. "
+        "SCM: same-category mass of the final W (share of off-diagonal trust on peers of the same dominant "
+        "category, mean over users and seeds; see trustlora.trust.quality)."
     )
     if best:
         md.append(f"Best: **{', '.join(sorted(best, key=[a['strategy'] for a in agg].index))}**.")
@@ -720,6 +787,7 @@ def comparison_row_from_run(run_dir: Path, seed: int | None = None) -> dict:
     if "final_mean_test_ppl" not in summary:
         raise ValueError(f"{run_dir}: summary.json has no final_mean_test_ppl (unfinished run?)")
     s = summary.get("seed", seed if seed is not None else 0)
+    quality = _run_trust_quality(summary, _as_matrix(summary.get("final_W"))) or {}
     return {
         "strategy": str(summary.get("strategy", Path(run_dir).name)),
         "seed": s,
@@ -727,6 +795,7 @@ def comparison_row_from_run(run_dir: Path, seed: int | None = None) -> dict:
         "test_ppl": summary.get("final_test_ppl"),
         "base_mean_test_ppl": summary.get("base_mean_test_ppl"),
         "wall_time_s": summary.get("wall_time_s"),
+        "same_category_mass": quality.get("same_category_mass"),
     }
 
 

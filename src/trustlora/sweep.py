@@ -1,15 +1,21 @@
-"""Hyper-parameter sweeps (paper Figure 5): run a grid of config overrides and tabulate final test ppl.
+"""Hyper-parameter sweeps (paper Figure 5): run a grid of config overrides and tabulate final val and test ppl.
 
     trustlora sweep --grid train.lr=0.001,0.002,0.004 --grid lora.dropout=0,0.1 [--config F] [key=value ...]
 
 Every grid point is a normal run in ``<out>/<key=value,...>-seed<k>/`` (finished points are reused, so an
-interrupted sweep resumes); ``sweep.{md,csv,json,png}`` hold mean test ppl per point (± std over seeds).
+interrupted sweep resumes); ``sweep.{md,csv,json,png}`` hold mean val and test ppl per point (± std over
+seeds). The best point is chosen on the **val** split (mean over users and seeds of ``final_val_ppl``),
+never on test: the test ppl of the chosen point is the honest estimate. Points without val ppl are not
+eligible; with none, no point is marked.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import json
+import math
 import time
 from pathlib import Path
 
@@ -36,8 +42,47 @@ def point_name(point: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in point.items()).replace("/", "_")
 
 
+def mean_val_ppl(summary: dict) -> float | None:
+    """Mean over users of a run's final val ppl (``final_mean_val_ppl``, else the mean of ``final_val_ppl``)."""
+    v = summary.get("final_mean_val_ppl")
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return float(v)
+    per_user = summary.get("final_val_ppl")
+    if isinstance(per_user, list) and per_user and all(isinstance(x, int | float) for x in per_user):
+        return float(np.mean(per_user))
+    return None
+
+
+def _mean_std(vals: list[float]) -> tuple[float, float]:
+    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+
+
+def point_row(point: dict, summaries: list[dict]) -> dict:
+    """One table row: the point's keys, mean ± std over seeds of the mean val ppl (None if a seed lacks it)
+    and of the mean test ppl, and the number of seeds."""
+    test = [float(s["final_mean_test_ppl"]) for s in summaries]
+    val = [mean_val_ppl(s) for s in summaries]
+    m_val, s_val = _mean_std(val) if val and all(v is not None for v in val) else (None, None)
+    m_test, s_test = _mean_std(test)
+    return {
+        **point,
+        "mean_val_ppl": m_val,
+        "std_val_ppl": s_val,
+        "mean_test_ppl": m_test,
+        "std_test_ppl": s_test,
+        "n_seeds": len(summaries),
+    }
+
+
+def best_index(rows: list[dict]) -> int | None:
+    """Index of the row with the lowest finite ``mean_val_ppl`` (first on ties); None if no row has one.
+    Test perplexity is never looked at."""
+    vals = [(r["mean_val_ppl"], k) for k, r in enumerate(rows) if r.get("mean_val_ppl") is not None]
+    vals = [(v, k) for v, k in vals if math.isfinite(v)]
+    return min(vals)[1] if vals else None
+
+
 def run_sweep(config: str | None, overrides: list[str], grid_items: list[str], progress: bool = True) -> Path:
-    from trustlora import report
     from trustlora.api import Workspace, prepare, run
 
     grid = parse_grid(grid_items)
@@ -53,7 +98,7 @@ def run_sweep(config: str | None, overrides: list[str], grid_items: list[str], p
     ws: Workspace | None = None
     rows = []
     for p in points:
-        ppl = []
+        summaries = []
         for seed in seeds:
             run_dir = out / f"{point_name(p)}-seed{seed}"
             if not (run_dir / "summary.json").exists():
@@ -62,43 +107,61 @@ def run_sweep(config: str | None, overrides: list[str], grid_items: list[str], p
                 )
                 ws = prepare(cfg, ws)
                 run(cfg, ws=ws, progress=progress)
-            ppl.append(json.loads((run_dir / "summary.json").read_text())["final_mean_test_ppl"])
-        rows.append(
-            {
-                **p,
-                "mean_test_ppl": float(np.mean(ppl)),
-                "std_test_ppl": float(np.std(ppl, ddof=1)) if len(ppl) > 1 else 0.0,
-                "n_seeds": len(ppl),
-            }
-        )
+            summaries.append(json.loads((run_dir / "summary.json").read_text()))
+        rows.append(point_row(p, summaries))
     keys = list(grid)
-    header = keys + ["mean_test_ppl", "std_test_ppl", "n_seeds"]
-    atomic_write_text(
-        out / "sweep.csv", ",".join(header) + "\n" + "".join(",".join(str(r[h]) for h in header) + "\n" for r in rows)
-    )
-    atomic_write_json(out / "sweep.json", {"grid": grid, "strategy": base.strategy, "seeds": seeds, "rows": rows})
-    best = min(r["mean_test_ppl"] for r in rows)
-    table = report.format_table(
-        header,
-        [
-            [f"{r[k]:g}" if isinstance(r[k], float) else r[k] for k in keys]  # 0.0005 stays 0.0005
-            + [
-                f"**{r['mean_test_ppl']:.2f}**" if r["mean_test_ppl"] == best else f"{r['mean_test_ppl']:.2f}",
-                f"{r['std_test_ppl']:.2f}" if r["n_seeds"] > 1 else report.DASH,
-                r["n_seeds"],
-            ]
-            for r in rows
-        ],
+    best = best_index(rows)
+    for k, r in enumerate(rows):
+        r["best"] = k == best
+    header = keys + ["mean_val_ppl", "std_val_ppl", "mean_test_ppl", "std_test_ppl", "n_seeds", "best"]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([["" if r[h] is None else r[h] for h in header] for r in rows])
+    atomic_write_text(out / "sweep.csv", buf.getvalue())
+    atomic_write_json(
+        out / "sweep.json",
+        {
+            "grid": grid,
+            "strategy": base.strategy,
+            "seeds": seeds,
+            "selection": "lowest mean val ppl",
+            "best": None if best is None else {k: rows[best][k] for k in keys},
+            "rows": rows,
+        },
     )
     what = "strategy swept" if "strategy" in grid else base.strategy
-    atomic_write_text(out / "sweep.md", f"# Sweep ({what}, seeds {seeds})\n\n{table}\n")
-    _plot(out / "sweep.png", rows, keys)
+    atomic_write_text(out / "sweep.md", f"# Sweep ({what}, seeds {seeds})\n\n{_markdown(rows, keys, best)}\n")
+    _plot(out / "sweep.png", rows, keys, best)
     return out
 
 
-def _plot(path: Path, rows: list[dict], keys: list[str]) -> None:
-    import io
+def _markdown(rows: list[dict], keys: list[str], best: int | None) -> str:
+    from trustlora.report import DASH, format_table
 
+    def ppl(r: dict, split: str, bold: bool) -> tuple[str, str]:
+        m, s = r[f"mean_{split}_ppl"], r[f"std_{split}_ppl"]
+        if m is None:
+            return DASH, DASH
+        cell = f"{m:.2f}"
+        return (f"**{cell}**" if bold else cell), (f"{s:.2f}" if r["n_seeds"] > 1 else DASH)
+
+    body = []
+    for k, r in enumerate(rows):
+        row = [f"{r[key]:g}" if isinstance(r[key], float) else r[key] for key in keys]  # 0.0005 stays 0.0005
+        body.append(row + [*ppl(r, "val", k == best), *ppl(r, "test", k == best), r["n_seeds"]])
+    header = keys + ["mean val ppl", "std val", "mean test ppl", "std test", "n_seeds"]
+    text = format_table(header, body)
+    if best is None:
+        return text + "\n\nNo val perplexity recorded: no best point is chosen (never on test)."
+    point = ", ".join(f"{k}={rows[best][k]}" for k in keys)
+    return (
+        f"{text}\n\nBest point (bold), chosen on the lowest mean **val** ppl over users and seeds: {point}; "
+        f"its test ppl {rows[best]['mean_test_ppl']:.2f} is the estimate to report (test never chose it)."
+    )
+
+
+def _plot(path: Path, rows: list[dict], keys: list[str], best: int | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -106,19 +169,21 @@ def _plot(path: Path, rows: list[dict], keys: list[str]) -> None:
 
     from trustlora.cache import atomic_write_bytes
 
-    fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(rows) + 2), 3.5))
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(rows) + 2), 3.5))
     labels = ["\n".join(f"{k.split('.')[-1]}={r[k]}" for k in keys) for r in rows]
-    ax.bar(
-        range(len(rows)),
-        [r["mean_test_ppl"] for r in rows],
-        yerr=[r["std_test_ppl"] for r in rows],
-        color="tab:blue",
-        capsize=3,
-    )
-    ax.set_xticks(range(len(rows)), labels, fontsize=7)
-    ax.set_ylabel("mean test ppl")
-    lo = min(r["mean_test_ppl"] for r in rows)
-    ax.set_ylim(lo * 0.9, max(r["mean_test_ppl"] for r in rows) * 1.05)
+    x = np.arange(len(rows))
+    val = [np.nan if r["mean_val_ppl"] is None else r["mean_val_ppl"] for r in rows]
+    ax.bar(x - 0.2, val, 0.4, yerr=[r["std_val_ppl"] or 0.0 for r in rows], color="tab:green", capsize=3, label="val")
+    ax.bar(x + 0.2, [r["mean_test_ppl"] for r in rows], 0.4, yerr=[r["std_test_ppl"] for r in rows],
+           color="tab:blue", capsize=3, label="test")  # fmt: skip
+    if best is not None:
+        ax.axvspan(best - 0.5, best + 0.5, color="tab:orange", alpha=0.2, label="best (on val)")
+    ax.set_xticks(x, labels, fontsize=7)
+    ax.set_ylabel("mean ppl")
+    ax.legend(fontsize=7)
+    finite = [v for v in val + [r["mean_test_ppl"] for r in rows] if math.isfinite(v)]
+    if finite:
+        ax.set_ylim(min(finite) * 0.9, max(finite) * 1.05)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)

@@ -3,7 +3,8 @@
 :class:`LocalTrainer` owns the stacked model's optimizer and the users' batch samplers::
 
     tr = LocalTrainer(mm, train_streams, cfg.train, seed=cfg.seed)
-    losses = tr.step()                          # one AdamW step for every user: tensor [N]
+    losses = tr.step()                          # one AdamW (+ lr schedule) step for every user: tensor [N]
+    state = tr.state_dict()                     # optimizer, schedule, batch and dropout RNGs (checkpoints)
     loss, ppl = evaluate(mm, test_streams, seq_len=128, batch_size=8, precision="bf16")
     S_row = cross_losses(mm, val_stream_i, ...)  # CE of every slot's adapter on one user's text: [N]
     values, idx = topk_predictions(mm, ref_stream, k=10, ...)  # [N, M, k] sparse top-k predictions
@@ -184,8 +185,29 @@ def topk_predictions(
     return torch.cat(vals, dim=1), torch.cat(idxs, dim=1)
 
 
+def lr_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The ``train.schedule`` of ``opt``, stepped once per optimizer step (None = constant lr).
+
+    'onecycle' is set as the official code sets it: OneCycleLR over ``train.steps`` with cosine phases,
+    ``pct_start = train.lr_warmup``, ``div_factor=100`` (start at lr/100), ``final_div_factor=0.05`` (end at
+    lr/5) and ``cycle_momentum=False`` (``train.betas`` stay fixed).
+    """
+    if cfg.schedule == "constant":
+        return None
+    return torch.optim.lr_scheduler.OneCycleLR(
+        opt,
+        max_lr=cfg.lr,
+        total_steps=cfg.steps,
+        pct_start=cfg.lr_warmup,
+        anneal_strategy="cos",
+        cycle_momentum=False,
+        div_factor=1e2,
+        final_div_factor=0.05,
+    )
+
+
 class LocalTrainer:
-    """AdamW over the stacked adapters with per-user batches and per-user gradient clipping.
+    """AdamW over the stacked adapters with per-user batches, per-user gradient clipping and an lr schedule.
 
     AdamW is elementwise, so one optimizer over ``[N, ...]`` tensors equals N per-user optimizers.
     """
@@ -210,7 +232,11 @@ class LocalTrainer:
                     f"(train.seq_len={cfg.seq_len} + 1); raise data.train_tokens or lower train.seq_len"
                 )
         self.rngs = [np.random.default_rng([seed, u]) for u in ids]
-        self.opt = torch.optim.AdamW(mm.adapter_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+        betas = (float(cfg.betas[0]), float(cfg.betas[1]))
+        self.opt = torch.optim.AdamW(
+            mm.adapter_parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay, foreach=True
+        )
+        self.sched = lr_scheduler(self.opt, cfg)
 
     def sample_batch(self) -> torch.Tensor:
         """``[N*B, T]`` user-major batch of random windows from each user's train stream."""
@@ -222,7 +248,7 @@ class LocalTrainer:
         return torch.stack(rows).to(self.mm.device)
 
     def clip_per_user(self) -> torch.Tensor:
-        """Clip each user's gradient to ``grad_clip`` separately; returns the pre-clip norms ``[N]``."""
+        """Clip each user's gradient to ``grad_clip`` separately (0 = never); returns the pre-clip norms ``[N]``."""
         params = [p for p in self.mm.adapter_parameters() if p.grad is not None]
         sq = torch.zeros(self.n, device=self.mm.device)
         for p in params:
@@ -250,13 +276,27 @@ class LocalTrainer:
             del logits
         self.clip_per_user()
         self.opt.step()
+        if self.sched is not None:
+            self.sched.step()
         self.opt.zero_grad(set_to_none=True)
         return total
 
     def state_dict(self) -> dict:
-        return {"opt": self.opt.state_dict(), "rngs": [r.bit_generator.state for r in self.rngs]}
+        """Optimizer, lr schedule, batch samplers' and the model's dropout generators' states (checkpoints)."""
+        dropout = getattr(self.mm, "dropout_state", None)
+        return {
+            "opt": self.opt.state_dict(),
+            "sched": self.sched.state_dict() if self.sched is not None else None,
+            "rngs": [r.bit_generator.state for r in self.rngs],
+            "dropout": dropout() if dropout is not None else None,
+        }
 
     def load_state_dict(self, state: dict) -> None:
+        """Inverse of :meth:`state_dict`: training continues bit-identically."""
         self.opt.load_state_dict(state["opt"])
+        if self.sched is not None and state.get("sched") is not None:
+            self.sched.load_state_dict(state["sched"])
         for r, s in zip(self.rngs, state["rngs"], strict=True):
             r.bit_generator.state = s
+        if state.get("dropout") is not None:
+            self.mm.load_dropout_state(state["dropout"])

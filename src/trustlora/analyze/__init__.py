@@ -15,9 +15,11 @@ table and writes ``<name>.md``, ``<name>.csv``, ``<name>.json`` and PNG figure(s
     trustlora analyze trust COMPARE_DIR [--out DIR]
         Paper Figures 3/4 (and Appendix A.3 when the runs used trust.apply=false). For the first seed
         of every strategy: per trust round, the L1 distance between W and the oracle W averaged over
-        rows, and the top-peer accuracy (see :func:`trust_closeness`). Writes trust.{md,csv,json},
-        trust_W.png (final W of every strategy beside the oracle, diagonal masked) and
-        trust_curves.png (both numbers against the round) into COMPARE_DIR.
+        rows, the top-peer accuracy (see :func:`trust_closeness`) and the same-category mass. Per
+        strategy, mean over seeds, the trust quality of the final W (same-category mass, top-peer
+        accuracy, effective peers, off-diagonal L1 to the oracle; :mod:`trustlora.trust.quality`).
+        Writes trust.{md,csv,json}, trust_quality.csv, trust_W.png (final W of every strategy beside
+        the oracle, diagonal masked) and trust_curves.png (the per-round numbers) into COMPARE_DIR.
 
     trustlora analyze bytes RUN_DIR [--out DIR]
         Paper Tables 1/5. Bytes one user sends per round for θ, Δθ, dense logits and top-k COO logits
@@ -26,8 +28,9 @@ table and writes ``<name>.md``, ``<name>.csv``, ``<name>.json`` and PNG figure(s
 
     trustlora analyze topology FULL_RUN_DIR RING_RUN_DIR [--out DIR]
         Paper Figure 4. Mean test perplexity per evaluated step of both runs, each run's final value and
-        the first step at which the other run reaches it. Writes topology.{md,csv,json,png} into the
-        common parent of the two run directories.
+        the first step at which the other run reaches it, like with like: per-round curves on the test
+        subsample of every round (the last included), finals on the full test split of both runs.
+        Writes topology.{md,csv,json,png} into the common parent of the two run directories.
 
     trustlora analyze placement RUN_DIR [RUN_DIR ...] [--out DIR]
         Paper Figure 2. For runs differing in lora.targets: trainable parameters per user, base and

@@ -198,10 +198,14 @@ def w_by_round(records: list[dict]) -> list[tuple[int, int, np.ndarray]]:
     return out
 
 
-def mean_ppl_series(records: list[dict]) -> list[dict]:
+def mean_ppl_series(records: list[dict], prefer: str = "full") -> list[dict]:
     """Mean test perplexity over users per evaluated step: ``[{"step", "round", "mean_ppl", "full"}]``
-    sorted by step. At a step with both a full and a subsampled test eval, the full one is used; eval
-    records holding only some users (their ``users`` key) are merged."""
+    sorted by step. At a step with both a full and a subsampled test eval, ``prefer`` says which is used
+    (``"full"`` or ``"subsample"``: the latter gives per-round curves that compare like with like, the
+    subsample of every round, base and last included, when the run recorded one); eval records holding
+    only some users (their ``users`` key) are merged."""
+    if prefer not in ("full", "subsample"):
+        raise ValueError(f"mean_ppl_series: prefer must be 'full' or 'subsample', got {prefer!r}")
     by_step: dict[float, dict[bool, dict]] = {}
     for rec in records:
         if rec.get("kind") != "eval" or rec.get("split", "test") != "test" or not isinstance(rec.get("ppl"), list):
@@ -213,8 +217,9 @@ def mean_ppl_series(records: list[dict]) -> list[dict]:
             slot["ppl"][u] = float("nan") if v is None else float(v)
     out = []
     for step in sorted(by_step):
-        full = True in by_step[step]
-        slot = by_step[step][full]
+        kinds = by_step[step]
+        full = (True in kinds) if prefer == "full" else (False not in kinds)
+        slot = kinds[full]
         vals = list(slot["ppl"].values())
         out.append(
             {

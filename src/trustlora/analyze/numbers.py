@@ -84,12 +84,21 @@ def offdiag_normalised(w: Any) -> np.ndarray:
     return out
 
 
-def first_step_reaching(steps: Sequence[float], values: Sequence[float], target: float) -> float | None:
-    """The first step (in increasing step order) whose value is finite and <= ``target``; ``None`` if none is."""
-    if not math.isfinite(target):
-        return None
-    for s, v in sorted(zip(steps, values, strict=True), key=lambda sv: sv[0]):
-        if v is not None and math.isfinite(v) and v <= target:
+def first_step_reaching(
+    steps: Sequence[float], values: Sequence[float], target: float | Sequence[float | None]
+) -> float | None:
+    """The first step (in increasing step order) whose value is finite and <= ``target``; ``None`` if none is.
+
+    ``target`` may be one value per step (e.g. the other run's final value measured the same way as this
+    step's value: subsample against subsample, full split against full split); a step whose target is
+    ``None`` or not finite cannot reach it."""
+    targets = list(target) if isinstance(target, Sequence) else [target] * len(steps)
+    if len(targets) != len(steps):
+        raise ValueError(f"first_step_reaching: {len(targets)} targets for {len(steps)} steps")
+    for s, v, t in sorted(zip(steps, values, targets, strict=True), key=lambda svt: svt[0]):
+        if t is None or not math.isfinite(t):
+            continue
+        if v is not None and math.isfinite(v) and v <= t:
             return s
     return None
 

@@ -1,5 +1,6 @@
 """Paper Figure 4: fully connected vs ring topology, mean test perplexity per evaluated step of two runs,
-each run's final value and the first step at which the other run reaches it.
+each run's final value and the first step at which the other run reaches it, like with like: per-round
+curves on the test subsample of every round (the last included), finals on the full test split.
 
 Run: ``trustlora analyze topology FULL_RUN_DIR RING_RUN_DIR [--out DIR]`` or, from Python,
 ``write_topology(full, ring, out=None)``. Writes ``topology.{md,csv,json,png}`` into ``--out`` or the common
@@ -29,19 +30,43 @@ from trustlora.analyze.numbers import first_step_reaching
 from trustlora.report import format_table
 
 
+def like_for_like_targets(series: list[dict], other_series: list[dict], other_final_full: float) -> list[float]:
+    """Per point of ``series``, the other run's final value measured the same way: its last subsampled mean
+    for a subsampled point, its full-split final for a full-split point. When the other run has no subsampled
+    eval at its last step (runs recorded before it was added), subsampled points fall back to the full-split
+    final (see :func:`_mixed`)."""
+    last = other_series[-1] if other_series else None
+    sub = last["mean_ppl"] if last is not None and not last["full"] else None
+    return [other_final_full if p["full"] or sub is None else sub for p in series]
+
+
+def _mixed(series: list[dict], other_series: list[dict]) -> bool:
+    """True when some subsampled point of ``series`` had to be compared with a full-split final."""
+    return any(not p["full"] for p in series) and bool(other_series) and other_series[-1]["full"]
+
+
 def write_topology(full_dir: str | Path, ring_dir: str | Path, out: str | Path | None = None) -> dict[str, Path]:
-    """Full vs ring topology: mean test perplexity per step and when each reaches the other's final value."""
+    """Full vs ring topology: mean test perplexity per step and when each reaches the other's final value.
+
+    Like with like: the per-round curves use the subsampled test evals of every step (base and last round
+    included; a step with only a full-split eval uses that, marked in the ``eval`` column), the finals are
+    the full-split evals of both runs, and a run reaches the other's final when a subsampled value is <= the
+    other's last subsampled value (a full-split value: <= the other's full-split final).
+    """
     runs = [load_run(full_dir), load_run(ring_dir)]
     roles = ["full", "ring"]
-    series = [mean_ppl_series(r.records) for r in runs]
+    series = [mean_ppl_series(r.records, prefer="subsample") for r in runs]
     for r, s in zip(runs, series, strict=True):
         if not s:
             raise AnalysisError(f"{r.path}: no test eval records in metrics.jsonl")
-    finals = [_mean_test_ppl(r, "final") for r in runs]
+    finals = [_mean_test_ppl(r, "final") for r in runs]  # full split
+    finals_sub = [None if s[-1]["full"] else s[-1]["mean_ppl"] for s in series]  # last per-round (subsample)
+    targets = [like_for_like_targets(series[k], series[1 - k], finals[1 - k]) for k in range(2)]
     reached = [
-        first_step_reaching([p["step"] for p in series[k]], [p["mean_ppl"] for p in series[k]], finals[1 - k])
+        first_step_reaching([p["step"] for p in series[k]], [p["mean_ppl"] for p in series[k]], targets[k])
         for k in range(2)
-    ]  # reached[k]: first step at which run k reaches the OTHER run's final value
+    ]  # reached[k]: first step at which run k reaches the OTHER run's final value (like for like)
+    mixed = [_mixed(series[k], series[1 - k]) for k in range(2)]
 
     md = ["# Full vs ring topology: mean test perplexity (paper Figure 4)", ""]
     summary_rows = []
@@ -57,26 +82,43 @@ def write_topology(full_dir: str | Path, ring_dir: str | Path, out: str | Path |
                 f"{role} (`{run.name}`)",
                 run.strategy,
                 _f(finals[k]),
-                f"step {reached[k]}" if reached[k] is not None else "not reached",
+                _f(finals_sub[k]),
+                (f"step {reached[k]}" if reached[k] is not None else "not reached") + (" (approx.)" * mixed[k]),
             ]
         )
+    headers = [
+        "run",
+        "strategy",
+        "final mean test ppl (full split)",
+        "last per-round value (subsample)",
+        "first step reaching the other's final",
+    ]
     md += [
-        format_table(["run", "strategy", "final mean test ppl", "first step reaching the other's final"], summary_rows),
+        format_table(headers, summary_rows),
         "",
-        f"- Full run's final mean test ppl {_f(finals[0])}: the ring run first reaches ≤ it at "
-        + (f"step {reached[1]}." if reached[1] is not None else "— not reached."),
-        f"- Ring run's final mean test ppl {_f(finals[1])}: the full run first reaches ≤ it at "
-        + (f"step {reached[0]}." if reached[0] is not None else "— not reached."),
+        f"- Full run's final mean test ppl {_f(finals[0])} (full split; {_f(finals_sub[0])} on the subsample): "
+        "the ring run first reaches ≤ it at " + (f"step {reached[1]}." if reached[1] is not None else "— not reached."),
+        f"- Ring run's final mean test ppl {_f(finals[1])} (full split; {_f(finals_sub[1])} on the subsample): "
+        "the full run first reaches ≤ it at " + (f"step {reached[0]}." if reached[0] is not None else "— not reached."),
         "",
     ]
     during = {cfg_get(r.config, "eval.during_tokens") for r in runs} - {None}
     tok = f" ({', '.join(str(t) for t in sorted(during))} tokens per user, eval.during_tokens)" if during else ""
     md += [
-        "Final values: summary.json `final_mean_test_ppl` (full test split). Per-round evaluations between the base "
-        f"(step 0) and the final round are on a subsample of each user's test split{tok}, so the step at which a "
-        "value is reached is approximate; the `eval` column says which steps used the full split.",
+        "Like with like. Finals: the full test split of both runs (summary.json `final_mean_test_ppl`). Per-round "
+        f"curves: the evaluation on a subsample of each user's test split{tok} at every step, the base and the last "
+        "round included; a step evaluated only on the full split uses it (the `eval` column says which). A run "
+        "reaches the other's final when a subsampled value is ≤ the other's last subsampled value (a full-split "
+        "value: ≤ the other's full-split final).",
         "",
     ]
+    if any(mixed):
+        md += [
+            "> A run has no subsampled evaluation at its last round (recorded before it was added): subsampled "
+            "values were compared with its full-split final, so steps marked (approx.) compare a subsample with "
+            "the full split.",
+            "",
+        ]
     by_step: dict[Any, list[dict | None]] = {}
     for k, s in enumerate(series):
         for p in s:
@@ -85,7 +127,7 @@ def write_topology(full_dir: str | Path, ring_dir: str | Path, out: str | Path |
     for step in sorted(by_step):
         a, b = by_step[step]
         rnd = (a or b)["round"]
-        kinds = {("full" if p["full"] else "subsample") for p in (a, b) if p is not None}
+        kinds = sorted({("full" if p["full"] else "subsample") for p in (a, b) if p is not None})
         rows.append([step, rnd, _f(a["mean_ppl"]) if a else None, _f(b["mean_ppl"]) if b else None, "/".join(kinds)])
         csv_rows.append(
             [
@@ -106,7 +148,9 @@ def write_topology(full_dir: str | Path, ring_dir: str | Path, out: str | Path |
             "run_dir": str(run.path),
             "strategy": run.strategy,
             "final_mean_test_ppl": finals[k],
+            "final_subsample_mean_test_ppl": finals_sub[k],
             "first_step_reaching_other_final": reached[k],
+            "reaching_compares_subsample_with_full_split": mixed[k],
             "series": series[k],
         }
         for k, (role, run) in enumerate(zip(roles, runs, strict=True))
@@ -120,11 +164,11 @@ def write_topology(full_dir: str | Path, ring_dir: str | Path, out: str | Path |
         "ring_eval_full_split",
     ]
     paths = _write_outputs(out_dir, "topology", md, header, csv_rows, obj)
-    paths["png"] = _plot_topology(out_dir / "topology.png", runs, roles, series, finals, reached)
+    paths["png"] = _plot_topology(out_dir / "topology.png", runs, roles, series, finals, reached, targets)
     return paths
 
 
-def _plot_topology(path: Path, runs, roles, series, finals, reached) -> Path:
+def _plot_topology(path: Path, runs, roles, series, finals, reached, targets) -> Path:
     fig, ax = plt.subplots(figsize=(7.5, 4.4))
     colors = ["tab:blue", "tab:orange"]
     for k in range(2):
@@ -150,13 +194,15 @@ def _plot_topology(path: Path, runs, roles, series, finals, reached) -> Path:
             zorder=3,
             lw=1.2,
         )
-        if math.isfinite(finals[k]):
-            ax.axhline(finals[k], color=colors[k], ls="--", lw=0.9, alpha=0.8)
+        if ys and math.isfinite(ys[-1]):  # the curve's last value: what the other run's curve is compared with
+            ax.axhline(ys[-1], color=colors[k], ls="--", lw=0.9, alpha=0.8)
+        if math.isfinite(finals[k]) and xs:
+            ax.scatter([xs[-1]], [finals[k]], marker="*", s=90, color=colors[k], edgecolor="black", lw=0.6, zorder=4)
         if reached[k] is not None:
             ax.axvline(reached[k], color=colors[k], ls=":", lw=1.2)
             ax.annotate(
                 f"{roles[k]} reaches {roles[1 - k]}'s final\nat step {reached[k]}",
-                (reached[k], finals[1 - k]),
+                (reached[k], targets[k][xs.index(reached[k])]),
                 xytext=(6, 14 + 26 * k),
                 textcoords="offset points",
                 fontsize=7,
@@ -164,7 +210,8 @@ def _plot_topology(path: Path, runs, roles, series, finals, reached) -> Path:
             )
     ax.scatter([], [], color="grey", s=36, edgecolor="black", lw=0.6, label="full test split")
     ax.scatter([], [], facecolor="white", edgecolor="grey", s=24, lw=1.2, label="test subsample")
-    ax.plot([], [], color="grey", ls="--", lw=0.9, label="final value")
+    ax.plot([], [], color="grey", ls="--", lw=0.9, label="last per-round value")
+    ax.scatter([], [], marker="*", s=90, color="grey", edgecolor="black", lw=0.6, label="final, full test split")
     ax.set_xlabel("step")
     ax.set_ylabel("mean test perplexity over users")
     ax.set_title("Full vs ring topology (Figure 4)", fontsize=10)

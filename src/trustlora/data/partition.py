@@ -1,8 +1,8 @@
 """Split categorised documents into disjoint per-user train/val/test token streams and a shared set X_S.
 
 Every user i draws its data from the categories with the proportions of row i of the mixture matrix
-D (``data.mixture``: 'high' = one category per user, 'low' = 3/4 own + 1/4 next category, or an
-explicit users x categories matrix). Usage::
+D (``data.mixture``: 'high' = one category per user, user i's being ``i mod C`` as in the paper's data
+scripts, 'low' = 3/4 own + 1/4 next category, or an explicit users x categories matrix). Usage::
 
     docs = load_documents(cfg.data)                               # {category: [documents]}
     encode = lambda text: tokenizer.encode(text, add_special_tokens=False)
@@ -13,6 +13,9 @@ explicit users x categories matrix). Usage::
 
 How the split is made (deterministic given ``data.seed``):
 
+* documents are deduplicated by content (sha1 of the stripped text) within and across categories, keeping
+  the first occurrence in category order, then document order; so a text can never land in two splits
+  (``info["duplicates_dropped"]`` counts the dropped copies per category);
 * every category's documents are shuffled by ``numpy.random.default_rng`` seeded with ``data.seed`` and
   ``crc32(category)``, so a category's order does not depend on which other categories are present;
 * documents are tokenised lazily in that order (``encode(doc) + [eos_id]``), only as many as needed;
@@ -30,6 +33,7 @@ Taking X_S and the test/val splits first keeps them unchanged when only ``data.t
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,7 +69,8 @@ class Partition:
     mixture: np.ndarray
     """[N, C] row-stochastic float64 (the D matrix)."""
     info: dict[str, Any] = field(default_factory=dict)
-    """Documents/tokens used per user, split and category, and available per category (JSON-serialisable)."""
+    """Documents/tokens used per user, split and category, available per category (after deduplication) and
+    duplicates dropped per category (JSON-serialisable)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -75,8 +80,9 @@ class Partition:
 def mixture_matrix(spec: Any, users: int, categories: int) -> np.ndarray:
     """The [users, categories] row-stochastic mixture D for 'high', 'low' or an explicit matrix.
 
-    'high': user u holds only category ``u * C // N`` (contiguous blocks: N=6, C=3 -> 0,0,1,1,2,2).
-    'low': 3/4 of that category and 1/4 of the next one ((c + 1) % C); with C == 1 equal to 'high'.
+    'high': user u holds only category ``u mod C`` (interleaved, as the paper's data scripts do: N=6, C=3 ->
+    0,1,2,0,1,2; users spread evenly, category counts differ by at most one).
+    'low': 3/4 of that category and 1/4 of the next one ((u mod C) + 1) mod C; with C == 1 equal to 'high'.
     Explicit: N rows of C non-negative numbers, each row normalised to sum to 1.
     """
     if not isinstance(users, (int, np.integer)) or users < 1:
@@ -88,7 +94,7 @@ def mixture_matrix(spec: Any, users: int, categories: int) -> np.ndarray:
         if spec not in ("high", "low"):
             raise ConfigError(f"data.mixture: expected 'high', 'low' or a {n} x {c} matrix, got {spec!r}")
         d = np.zeros((n, c), dtype=np.float64)
-        own = np.arange(n) * c // n
+        own = np.arange(n) % c
         if spec == "high" or c == 1:
             d[np.arange(n), own] = 1.0
         else:
@@ -180,6 +186,27 @@ class _Category:
         return pieces
 
 
+def deduplicate(docs: dict[str, list[str]]) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """Drop every document whose stripped text (sha1) was seen before, within or across categories.
+
+    The first occurrence is kept (categories in order, then documents in order), so the result is
+    deterministic. Returns the kept documents per category and the number dropped per category.
+    """
+    seen: set[bytes] = set()
+    kept: dict[str, list[str]] = {}
+    dropped: dict[str, int] = {}
+    for cat, texts in docs.items():
+        kept[cat], dropped[cat] = [], 0
+        for text in texts:
+            h = hashlib.sha1(text.strip().encode("utf-8", "surrogatepass")).digest()
+            if h in seen:
+                dropped[cat] += 1
+            else:
+                seen.add(h)
+                kept[cat].append(text)
+    return kept, dropped
+
+
 def _fitting_train_budget(streams: list[_Category], d: np.ndarray, need: dict, ref_need: np.ndarray) -> int:
     """Largest data.train_tokens every category can serve (10 % margin for the discarded document rests).
 
@@ -251,7 +278,8 @@ def build_partition(
     ref_need = _apportion(np.full(n_cats, 1.0 / n_cats), int(cfg.reference_tokens))
     demand = ref_need + sum(need[s].sum(axis=0) for s in SPLITS)
 
-    streams = [_Category(c, list(docs[c]), cfg.seed, encode, int(eos_id)) for c in categories]
+    unique, dropped = deduplicate({c: list(docs[c]) for c in docs})
+    streams = [_Category(c, unique[c], cfg.seed, encode, int(eos_id)) for c in categories]
 
     def take(c: int, n: int) -> list[np.ndarray]:
         try:
@@ -304,6 +332,7 @@ def build_partition(
         "eos_id": int(eos_id),
         "budgets": {**{s: int(budgets[s]) for s in SPLITS}, "reference": int(cfg.reference_tokens)},
         "available": available,
+        "duplicates_dropped": {str(k): int(v) for k, v in dropped.items()},
         "reference": counts(ref_pieces),
         "users": [{s: counts(user_pieces[i][s]) for s in SPLITS} for i in range(n_users)],
     }

@@ -6,7 +6,11 @@ holds ``A: [N, in, r]`` and ``B: [N, r, out]`` and computes, for a user-major st
 
     y = base(x) + (alpha / r) * bmm(bmm(dropout(x) viewed as [N, B*T, in], A), B)
 
-so all N users' forward/backward passes run as ONE pass through the frozen base. Typical use::
+so all N users' forward/backward passes run as ONE pass through the frozen base. Each user's dropout mask
+comes from its own ``torch.Generator`` seeded from (model seed, global user id), so a user's noise does not
+depend on N, on its slot or on the process hosting it; ``dropout_state()`` goes into checkpoints.
+``mm.train()`` puts only the adapters in training mode: the frozen base (e.g. GPT-2's attention/residual
+dropout) always stays in eval mode. Typical use::
 
     mm = MultiLoRA(base_model, n_users=6, cfg=LoraConfig())
     logits = mm(input_ids)             # input_ids: [N*B, T], user u owns rows u*B:(u+1)*B
@@ -22,6 +26,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,6 +35,7 @@ from trustlora.config import ConfigError, LoraConfig
 
 _ATTN_HINTS = ("attn", "attention")
 _MLP_HINTS = ("mlp", "feed_forward", "ffn")
+_DROPOUT_STREAM = 0x64726F70  # 'drop': keeps the dropout seeds apart from other (seed, user) streams
 
 
 def _is_conv1d(m: nn.Module) -> bool:
@@ -82,20 +88,34 @@ def find_targets(model: nn.Module, targets: list[str]) -> list[str]:
     return chosen
 
 
-def fast_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+def fast_dropout(x: torch.Tensor, p: float, generators: list[torch.Generator] | None = None) -> torch.Tensor:
     """Inverted dropout from 16-bit random integers: ~2x faster than ``F.dropout`` on CPU.
 
-    The keep threshold is quantised to 1/65536 (p=0.1 drops 0.09999...).
+    With ``generators`` (one per user), ``x`` is split along its first axis into ``len(generators)``
+    equal user-major slices and slice u's mask is drawn from ``generators[u]`` alone; without, one mask
+    is drawn from the process RNG. The keep threshold is quantised to 1/65536 (p=0.1 drops 0.09999...).
     """
-    n = x.numel()
-    bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=x.device).random_(-(2**31), 2**31 - 1)
-    r = bits.view(torch.int16)[:n].view(x.shape)
+    gens: list[torch.Generator | None] = list(generators) if generators is not None else [None]
+    k = len(gens)
+    if x.numel() % k:
+        raise ValueError(f"dropout input of {x.numel()} elements does not split into {k} users")
+    per = x.numel() // k
+    bits = torch.empty(k, (per + 1) // 2, dtype=torch.int32, device=x.device)  # (users, per/2)
+    for row, g in zip(bits, gens, strict=True):
+        row.random_(-(2**31), 2**31 - 1, generator=g)
+    r = bits.view(torch.int16)[:, :per].reshape(x.shape)
     keep = r >= int(round(p * 65536)) - 32768
     return x * keep * (1.0 / (1.0 - p))
 
 
+def dropout_seed(seed: int, user: int) -> int:
+    """Seed of global user ``user``'s dropout generator: a function of (model seed, user id) only."""
+    ss = np.random.SeedSequence([abs(int(seed)), int(seed < 0), int(user), _DROPOUT_STREAM])
+    return int(ss.generate_state(1, np.uint64)[0])
+
+
 class _Shared:
-    """State shared by every adapted layer: on/off switch and a one-entry dropout cache.
+    """State shared by every adapted layer: on/off switch, per-user dropout generators, a one-entry cache.
 
     q/k/v (and gate/up) receive the very same input tensor, so they share one dropout mask: this
     saves a third of the random numbers, which cost ~20 % of a CPU training step.
@@ -105,8 +125,24 @@ class _Shared:
         self.n_users = n_users
         self.enabled = True
         self.p = float(dropout)
+        self.seeds: list[int] = []
+        self.generators: list[torch.Generator] = []  # one per slot, created on the input's device
+        self.generator_device: torch.device | None = None
         self._last_in: torch.Tensor | None = None
         self._last_out: torch.Tensor | None = None
+
+    def reseed(self, seeds: list[int]) -> None:
+        """Restart every slot's dropout stream from ``seeds`` (generators are made lazily on first use)."""
+        self.seeds = list(seeds)
+        self.generators = []
+        self.generator_device = None
+
+    def _generators(self, device: torch.device) -> list[torch.Generator]:
+        # re-created from the seeds if the model moved to another device since they were made
+        if not self.generators or self.generator_device != device:
+            self.generators = [torch.Generator(device=device).manual_seed(s) for s in self.seeds]
+            self.generator_device = device
+        return self.generators
 
     def dropped(self, x: torch.Tensor, training: bool) -> torch.Tensor:
         """Dropout of the adapter input (in the autocast dtype), computed once per distinct input tensor."""
@@ -117,7 +153,7 @@ class _Shared:
         if torch.is_autocast_enabled(dev):
             out = out.to(torch.get_autocast_dtype(dev))
         if training and self.p > 0:
-            out = fast_dropout(out, self.p)
+            out = fast_dropout(out, self.p, self._generators(x.device))
         self._last_in, self._last_out = x, out
         return out
 
@@ -205,15 +241,19 @@ class MultiLoRA(nn.Module):
 
     @torch.no_grad()
     def reset_adapters(self, seed: int) -> None:
-        """PEFT's init: A ~ kaiming-uniform(a=sqrt 5) = U(+-1/sqrt(in)), B = 0; same A for all users if same_init.
+        """Fresh adapters and dropout streams for model seed ``seed``; B = 0, same A for all users if same_init.
 
-        With different inits, user u's A depends only on (seed, u), wherever the user is hosted.
+        ``lora.init_bound='kaiming'``: PEFT's kaiming-uniform(a=sqrt 5) = U(+-1/sqrt(in));
+        ``'inv_sqrt_r'``: U(+-1/sqrt(r)), what the official code's kaiming init of an [in, r] A gives.
+        With different inits, user u's A depends only on (seed, u), wherever the user is hosted; so does
+        its dropout generator (:func:`dropout_seed`).
         """
+        self._shared.reseed([dropout_seed(seed, u) for u in self.user_ids])
         g = torch.Generator().manual_seed(seed)
         count = 1 if self.cfg.same_init else self.n_total
         for layer in self.layers.values():
             n, d_in, r = layer.lora_A.shape
-            bound = 1.0 / math.sqrt(d_in)
+            bound = 1.0 / math.sqrt(r if self.cfg.init_bound == "inv_sqrt_r" else d_in)
             a = (torch.rand(count, d_in, r, generator=g) * 2 - 1) * bound
             a = a.expand(n, d_in, r) if self.cfg.same_init else a[self.user_ids]
             layer.lora_A.copy_(a.to(layer.lora_A.device))
@@ -240,6 +280,34 @@ class MultiLoRA(nn.Module):
     def adapters_enabled(self, on: bool) -> None:
         """Switch every adapter off (base model only) or on."""
         self._shared.enabled = on
+
+    def train(self, mode: bool = True) -> MultiLoRA:
+        """Training mode for the adapters only (their dropout); the frozen base model stays in eval mode."""
+        super().train(mode)
+        self.model.eval()  # the base's own dropout (GPT-2 attn/resid) is part of the frozen model
+        for layer in self.layers.values():
+            layer.training = mode  # not layer.train(): that would switch its frozen base linear too
+        return self
+
+    # ---- dropout generators (checkpointed) ----------------------------------------------------
+    def dropout_state(self) -> dict:
+        """Every slot's dropout generator state (for checkpoints); ``states`` is None before first use."""
+        gens = self._shared.generators
+        return {
+            "seeds": list(self._shared.seeds),
+            "device": str(self._shared.generator_device) if gens else None,
+            "states": [g.get_state() for g in gens] if gens else None,
+        }
+
+    def load_dropout_state(self, state: dict) -> None:
+        """Inverse of :meth:`dropout_state`: the dropout streams continue exactly where they were saved."""
+        if len(state["seeds"]) != self.n_users:
+            raise ValueError(f"dropout state holds {len(state['seeds'])} users, this model hosts {self.n_users}")
+        self._shared.reseed(state["seeds"])
+        if state["states"] is not None:
+            gens = self._shared._generators(torch.device(state["device"]))
+            for g, st in zip(gens, state["states"], strict=True):
+                g.set_state(st)
 
     # ---- forward ------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:

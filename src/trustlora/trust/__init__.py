@@ -38,13 +38,26 @@ class TrustInputs:
     """[N, M, k] top-k predicted values on X_S (strategy 'predictions')."""
     topk_indices: torch.Tensor | None = None
     """[N, M, k] their token ids."""
+    theta0: torch.Tensor | None = None
+    """[N, P] adapters at initialisation (strategy 'weights', relative scale: movement = theta - theta0)."""
+    val_base_losses: torch.Tensor | None = None
+    """[n_local] mean CE of the frozen base model on local user i's val tokens (strategy 'validation')."""
+    base_topk_values: torch.Tensor | None = None
+    """[M, k] the frozen base model's top-k predictions on X_S (strategy 'predictions', relative scale)."""
+    base_topk_indices: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    """[n_local, N] bool: who each local user may receive from (communication graph); None = everyone."""
     extra: dict = field(default_factory=dict)
 
 
 class Strategy(Protocol):
     name: str
     needs: tuple[str, ...]
-    """Message kinds this strategy consumes: 'theta', 'val_cross', 'topk'."""
+    """Message kinds this strategy consumes: 'theta', 'val_cross', 'topk'.
+
+    Strategies with a relative calibration also define ``needs_reference(cfg) -> bool`` (whether the trust step
+    needs the starting point) and ``reference``: which one ('theta0': every user's initial adapter; 'val_base':
+    the base model's CE on the local users' val tokens; 'topk_base': the base model's top-k predictions on X_S)."""
     exchanges: bool
     """Whether users exchange updates at all (False only for local training)."""
 

@@ -1,15 +1,19 @@
 """Strategy 'predictions' (paper 3.2.3): top-k sparse predictions on the public set X_S.
 
 Each user shares, per position of X_S, its k largest predicted values and their token ids (COO).
-S_ij = mean over positions of the L1 distance between the two sparse vectors (absent entries are 0);
-W = softmax(-S'/tau) with S' = S / sum_j S_ij * 10 by default (``trust.scale``; 'none' = the paper's formula).
+S_ij = mean over positions of the L1 distance between the two sparse vectors (absent entries are 0).
+
+Default (``trust.scale=auto`` = relative): d_ij = S_ij, unit u_i = the same distance between user i's predictions
+and the frozen base model's (how far i's training moved its predictions); see :mod:`trustlora.trust.normalise`.
+Paper-style: ``scale=none`` = softmax(-S/tau) (the paper's formula), ``scale=row_l1`` = S / sum_j S_ij * 10 first
+(the official code; it makes the self-weight a function of N alone).
 """
 
 from __future__ import annotations
 
 import torch
 
-from trustlora.trust.normalise import normalise
+from trustlora.trust.normalise import normalise, normalise_relative, resolved_scale
 
 
 def sparse_l1(v_a: torch.Tensor, i_a: torch.Tensor, v_b: torch.Tensor, i_b: torch.Tensor) -> torch.Tensor:
@@ -42,11 +46,26 @@ class Predictions:
     name = "predictions"
     needs: tuple[str, ...] = ("topk",)
     exchanges = True
+    reference: tuple[str, ...] = ("topk_base",)
+    """What the relative calibration measures movement from (computed once per run by the protocol)."""
+
+    def needs_reference(self, cfg) -> bool:
+        return resolved_scale(cfg, "relative") == "relative"
 
     def trust(self, inp, cfg):
         s = prediction_scores(inp.topk_values, inp.topk_indices, inp.users)
-        # L1 distances have no natural unit: by default rescale rows (S / sum_j S_ij * 10, the official code)
-        return normalise(s, cfg, higher_is_better=False, auto_scale="row_l1"), s
+        if self.needs_reference(cfg):
+            if inp.base_topk_values is None:
+                raise ValueError("strategy 'predictions' (relative scale) needs the base model's predictions on X_S")
+            unit = torch.stack(
+                [
+                    sparse_l1(inp.topk_values[i], inp.topk_indices[i], inp.base_topk_values, inp.base_topk_indices)
+                    for i in inp.users
+                ]
+            )
+            w, _ = normalise_relative(s, unit, inp.users, cfg, self_is_best=True, mask=inp.mask)
+            return w, s
+        return normalise(s, cfg, higher_is_better=False, auto_scale="row_l1", mask=inp.mask), s
 
 
 from trustlora.trust import register  # noqa: E402
