@@ -214,9 +214,12 @@ class TrustConfig:
     kept for reproduction: 'none' = the paper's formulas (softmax(cos/tau), softmax(-CE/tau), softmax(-L1/tau)),
     'row_l1' = the official code's rescaling (S / sum_j S_ij * 10), 'row_mean' (S / mean_j S_ij)."""
     topk: int = 10
-    """Strategy 'predictions': logits kept per position."""
+    """Strategy 'predictions': predictions kept per position. Deviation: the official code keeps the top 100 raw
+    logits (``trust.topk=100 trust.logit_space=logits``); top-10 probabilities are 10x smaller to send and, being
+    probabilities, comparable across models whose logits drift by a constant."""
     logit_space: str = "probs"
-    """Strategy 'predictions': compare 'probs' (softmax, then top-k) or raw 'logits'."""
+    """Strategy 'predictions': compare 'probs' (softmax, then top-k; the default, a deviation from the paper, which
+    describes logits) or raw 'logits' (the official code)."""
     val_tokens: int = 512
     """Strategy 'validation': tokens of each user's val split scored by every peer model (N^2 evaluations)."""
     val_metric: str = "loss"
