@@ -24,7 +24,7 @@ import torch
 from trustlora import checkpoint as ckpt
 from trustlora.cache import atomic_write_json, atomic_write_text
 from trustlora.comm import InProcess
-from trustlora.config import Config, ConfigError, dump_yaml, from_dict, read_yaml, to_dict
+from trustlora.config import Config, ConfigError, dump_yaml, from_dict, load_config, read_yaml, to_dict
 from trustlora.data.partition import Partition, build_partition
 from trustlora.data.sources import load_documents
 from trustlora.model import build_stack
@@ -311,6 +311,20 @@ def run_users(cfg: Config, comm, ws: Workspace | None = None, progress: bool = T
     report.write_run_report(out)
     ckpt.clear(out, users[0], main)
     return out
+
+
+def run_or_reuse(
+    config: str | None, overrides: list[str], run_dir: Path, ws: Workspace | None, progress: bool = True, log=print
+) -> Workspace | None:
+    """One point of a compare / sweep / scale loop: run ``config`` + ``overrides`` into ``run_dir`` unless a run
+    already finished there (its summary.json exists). Returns the Workspace to share with the next point."""
+    if (run_dir / "summary.json").exists():
+        log(f"{run_dir}: already finished, reusing its results")
+        return ws
+    cfg = load_config(config, list(overrides) + [f"out={run_dir}"])
+    ws = prepare(cfg, ws)
+    run(cfg, ws=ws, progress=progress)
+    return ws
 
 
 def load_run_config(run_dir: str | Path) -> Config:

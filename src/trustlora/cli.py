@@ -69,7 +69,7 @@ def cmd_compare(args) -> int:
         return 0
     _quiet_libraries()
     from trustlora import report
-    from trustlora.api import Workspace, prepare, run
+    from trustlora.api import Workspace, run_or_reuse
 
     ws: Workspace | None = None
     rows = []
@@ -77,12 +77,8 @@ def cmd_compare(args) -> int:
     for seed in seeds:
         for strat in strategies:
             run_dir = out / f"{strat}-seed{seed}"
-            if not (run_dir / "summary.json").exists():
-                cfg = load_config(args.config, overrides + [f"strategy={strat}", f"seed={seed}", f"out={run_dir}"])
-                ws = prepare(cfg, ws)
-                run(cfg, ws=ws, progress=not args.no_progress)
-            else:
-                print(f"{run_dir}: already finished, reusing its results")
+            point = overrides + [f"strategy={strat}", f"seed={seed}"]
+            ws = run_or_reuse(args.config, point, run_dir, ws, progress=not args.no_progress)
             rows.append(report.comparison_row_from_run(run_dir, seed=seed))
     paths = report.write_comparison(
         rows,

@@ -132,6 +132,14 @@ class Protocol:
         self.mm.set_flat(own)
         return out
 
+    def _predictions_on_reference(self, base: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k predictions on X_S: every local slot's ([n_local, M, k]) or the frozen base model's ([M, k])."""
+        tr, tc = self.cfg.train, self.cfg.trust
+        fn = base_topk_predictions if base else topk_predictions
+        return fn(
+            self.mm, self.data.reference, tc.topk, tc.logit_space, tr.seq_len, self.cfg.eval.batch_size, tr.precision
+        )
+
     def _starting_point(self, inp: TrustInputs) -> None:
         """Fill the reference the relative calibration measures movement from; computed once, then cached.
 
@@ -148,16 +156,7 @@ class Protocol:
             )
             ref["val_base"] = torch.tensor(loss, dtype=torch.float64)
         if "topk_base" in wanted and "topk_base_values" not in ref:
-            v, i = base_topk_predictions(
-                self.mm,
-                self.data.reference,
-                tc.topk,
-                tc.logit_space,
-                tr.seq_len,
-                self.cfg.eval.batch_size,
-                tr.precision,
-            )
-            ref["topk_base_values"], ref["topk_base_indices"] = v, i
+            ref["topk_base_values"], ref["topk_base_indices"] = self._predictions_on_reference(base=True)
         inp.theta0 = ref.get("theta0")
         inp.val_base_losses = ref.get("val_base")
         inp.base_topk_values = ref.get("topk_base_values")
@@ -180,16 +179,7 @@ class Protocol:
             inp.val_losses = self._val_cross(thetas)
         if "topk" in strat.needs:
             self.progress("trust: predictions on X_S")
-            tr = self.cfg.train
-            v, i = topk_predictions(
-                self.mm,
-                self.data.reference,
-                tc.topk,
-                tc.logit_space,
-                tr.seq_len,
-                self.cfg.eval.batch_size,
-                tr.precision,
-            )
+            v, i = self._predictions_on_reference()
             inp.topk_values = self.comm.all_gather(v, "topk_values")
             inp.topk_indices = self.comm.all_gather(i, "topk_indices")
         w, scores = strat.trust(inp, tc)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from trustlora.train import autocast, windows
+from trustlora.train import autocast, topk_of, windows
 
 
 @torch.no_grad()
@@ -31,10 +31,7 @@ def base_topk_predictions(
             m = w_mask[start : start + batch_size].reshape(-1).bool()
             with autocast(precision, mm.device):
                 logits = mm(ids)
-            x = logits.float()
-            if space == "probs":
-                x = torch.softmax(x, dim=-1)
-            v, i = torch.topk(x, k, dim=-1)  # (b, T, k)
+            v, i = topk_of(logits, k, space)  # (b, T, k)
             vals.append(v.reshape(-1, k)[m.to(v.device)].cpu())
             idxs.append(i.reshape(-1, k)[m.to(i.device)].to(torch.int32).cpu())
     finally:

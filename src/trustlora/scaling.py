@@ -34,7 +34,7 @@ def parse_users(text: str) -> list[int]:
 
 
 def run_scaling(config: str | None, overrides: list[str], users: list[int], progress: bool = True) -> Path:
-    from trustlora.api import Workspace, prepare, run
+    from trustlora.api import Workspace, run_or_reuse
 
     base = load_config(config, overrides)
     strategies = base.strategies or DEFAULT_STRATEGIES
@@ -48,14 +48,8 @@ def run_scaling(config: str | None, overrides: list[str], users: list[int], prog
         for seed in seeds:
             for strat in strategies:
                 run_dir = out / f"N{n}" / f"{strat}-seed{seed}"
-                if (run_dir / "summary.json").exists():
-                    print(f"{run_dir}: already finished, reusing its results")
-                    continue
-                cfg = load_config(
-                    config, rest + [f"data.users={n}", f"strategy={strat}", f"seed={seed}", f"out={run_dir}"]
-                )
-                ws = prepare(cfg, ws)
-                run(cfg, ws=ws, progress=progress)
+                point = rest + [f"data.users={n}", f"strategy={strat}", f"seed={seed}"]
+                ws = run_or_reuse(config, point, run_dir, ws, progress=progress)
     write_scaling_table(out)
     return out
 

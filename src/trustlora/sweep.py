@@ -83,7 +83,7 @@ def best_index(rows: list[dict]) -> int | None:
 
 
 def run_sweep(config: str | None, overrides: list[str], grid_items: list[str], progress: bool = True) -> Path:
-    from trustlora.api import Workspace, prepare, run
+    from trustlora.api import Workspace, run_or_reuse
 
     grid = parse_grid(grid_items)
     if not grid:
@@ -101,12 +101,8 @@ def run_sweep(config: str | None, overrides: list[str], grid_items: list[str], p
         summaries = []
         for seed in seeds:
             run_dir = out / f"{point_name(p)}-seed{seed}"
-            if not (run_dir / "summary.json").exists():
-                cfg = load_config(
-                    config, rest + [f"{k}={v}" for k, v in p.items()] + [f"seed={seed}", f"out={run_dir}"]
-                )
-                ws = prepare(cfg, ws)
-                run(cfg, ws=ws, progress=progress)
+            point = rest + [f"{k}={v}" for k, v in p.items()] + [f"seed={seed}"]
+            ws = run_or_reuse(config, point, run_dir, ws, progress=progress, log=lambda *a: None)
             summaries.append(json.loads((run_dir / "summary.json").read_text()))
         rows.append(point_row(p, summaries))
     keys = list(grid)

@@ -159,6 +159,14 @@ def cross_losses(
     return total / count.clamp_min(1).double()
 
 
+def topk_of(logits: torch.Tensor, k: int, space: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of the last axis in fp32: of probabilities (``space='probs'``, softmax first) or of raw logits."""
+    x = logits.float()
+    if space == "probs":
+        x = torch.softmax(x, dim=-1)
+    return torch.topk(x, k, dim=-1)
+
+
 def topk_predictions(
     mm: MultiLoRA, stream: torch.Tensor, k: int, space: str, seq_len: int, batch_size: int, precision: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,10 +180,7 @@ def topk_predictions(
     vals, idxs = [], []
 
     def keep(logits: torch.Tensor, mask: torch.Tensor) -> None:
-        x = logits.float()
-        if space == "probs":
-            x = torch.softmax(x, dim=-1)
-        v, i = torch.topk(x, k, dim=-1)  # (N*b, T, k)
+        v, i = topk_of(logits, k, space)  # (N*b, T, k)
         b = logits.shape[0] // n
         m = mask.view(n, b * seq_len)[0].bool()  # same windows in every slot
         vals.append(v.view(n, b * seq_len, k)[:, m].cpu())
