@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from trustlora.train import autocast, topk_of, windows
+from trustlora.train import autocast, stacked_loss, windows
 
 
 @torch.no_grad()
@@ -30,8 +30,7 @@ def base_topk_predictions(
             ids = w_ids[start : start + batch_size].to(mm.device)
             m = w_mask[start : start + batch_size].reshape(-1).bool()
             with autocast(precision, mm.device):
-                logits = mm(ids)
-            v, i = topk_of(logits, k, space)  # (b, T, k)
+                _, _, (v, i) = stacked_loss(mm, ids, 1, topk=(k, space))  # (b, T, k)
             vals.append(v.reshape(-1, k)[m.to(v.device)].cpu())
             idxs.append(i.reshape(-1, k)[m.to(i.device)].to(torch.int32).cpu())
     finally:

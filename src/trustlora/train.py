@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from trustlora.config import TrainConfig
+from trustlora.loss import head_scores, linear_cross_entropy, next_token_labels
 from trustlora.model.multilora import MultiLoRA
 
 
@@ -58,23 +59,46 @@ def autocast(precision: str, device: torch.device | str = "cpu"):
 def per_user_loss(
     logits: torch.Tensor, input_ids: torch.Tensor, n_users: int, mask: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next-token CE summed per user.
+    """Next-token CE summed per user, from full logits (models without a plain head; reference path of tests).
 
     logits ``[N*B, T, V]``, input_ids ``[N*B, T]``, mask ``[N*B, T]`` (1 = real token).
     Labels are shifted with -100 padding (as HF does; slicing logits would copy them).
     Returns ``(nll_sum [N], token_count [N])``.
     """
-    labels = torch.full_like(input_ids, -100)
-    labels[:, :-1] = input_ids[:, 1:]
-    if mask is not None:
-        valid_next = torch.zeros_like(mask, dtype=torch.bool)
-        valid_next[:, :-1] = mask[:, 1:].bool() & mask[:, :-1].bool()
-        labels = labels.masked_fill(~valid_next, -100)
+    labels = next_token_labels(input_ids, mask)
     v = logits.shape[-1]
     nll = F.cross_entropy(logits.reshape(-1, v).float(), labels.reshape(-1), reduction="none", ignore_index=-100)
     nll = nll.reshape(n_users, -1)  # (N, B*T)
     count = (labels != -100).reshape(n_users, -1).sum(1)
     return nll.sum(1), count
+
+
+def stacked_loss(
+    mm, input_ids: torch.Tensor, n_users: int, mask: torch.Tensor | None = None, topk: tuple[int, str] | None = None
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """Forward of a user-major batch ``[N*B, T]`` -> (nll_sum ``[N]``, token_count ``[N]``, top-k or None).
+
+    With a plain linear LM head the CE (and the top-k ``(values, ids)`` ``[N*B, T, k]``, for ``topk=(k, space)``) are
+    computed in chunks of positions from the hidden states (:mod:`trustlora.loss`; differentiable when grad is
+    on); otherwise from the full logits. Call inside the precision's autocast.
+    """
+    head = getattr(mm, "lm_head", None)
+    if head is None:
+        logits = mm(input_ids)
+        nll, count = per_user_loss(logits, input_ids, n_users, mask)
+        return nll, count, topk_of(logits, *topk) if topk is not None else None
+    labels = next_token_labels(input_ids, mask)
+    h = mm.hidden(input_ids)
+    flat_h, flat_l = h.reshape(-1, h.shape[-1]), labels.reshape(-1)
+    tk = None
+    if topk is not None or not torch.is_grad_enabled():
+        nll, tk = head_scores(flat_h, head.weight, head.bias, flat_l, topk)
+        if tk is not None:
+            tk = (tk[0].view(*h.shape[:2], -1), tk[1].view(*h.shape[:2], -1))
+    else:
+        nll = linear_cross_entropy(flat_h, head.weight, head.bias, flat_l)
+    count = (labels != -100).reshape(n_users, -1).sum(1)
+    return nll.reshape(n_users, -1).sum(1), count, tk
 
 
 def windows(stream: torch.Tensor, seq_len: int, max_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,9 +115,17 @@ def windows(stream: torch.Tensor, seq_len: int, max_tokens: int = 0) -> tuple[to
 
 @torch.no_grad()
 def _stacked_eval(
-    mm: MultiLoRA, per_slot: list[tuple[torch.Tensor, torch.Tensor]], batch_size: int, precision: str, on_batch=None
+    mm: MultiLoRA,
+    per_slot: list[tuple[torch.Tensor, torch.Tensor]],
+    batch_size: int,
+    precision: str,
+    on_batch=None,
+    topk: tuple[int, str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run each slot's windows through its own adapter; returns (nll_sum [N], count [N])."""
+    """Run each slot's windows through its own adapter; returns (nll_sum [N], count [N]).
+
+    With ``topk=(k, space)``, ``on_batch(values, ids, mask)`` receives every batch's top-k ``[N*b, T, k]``.
+    """
     n = mm.n_users
     assert len(per_slot) == n
     was_training = mm.training
@@ -113,12 +145,11 @@ def _stacked_eval(
         dev = mm.device
         ids, mask = ids.view(n * b, seq_len).to(dev), mask.view(n * b, seq_len).to(dev)
         with autocast(precision, dev):
-            logits = mm(ids)
-        s, c = per_user_loss(logits, ids, n, mask)
+            s, c, tk = stacked_loss(mm, ids, n, mask, topk)
         total += s.double().cpu()
         count += c.cpu()
         if on_batch is not None:
-            on_batch(logits, mask)
+            on_batch(tk[0], tk[1], mask)
     mm.train(was_training)
     return total, count
 
@@ -179,14 +210,13 @@ def topk_predictions(
     n = mm.n_users
     vals, idxs = [], []
 
-    def keep(logits: torch.Tensor, mask: torch.Tensor) -> None:
-        v, i = topk_of(logits, k, space)  # (N*b, T, k)
-        b = logits.shape[0] // n
+    def keep(v: torch.Tensor, i: torch.Tensor, mask: torch.Tensor) -> None:
+        b = v.shape[0] // n  # v, i: (N*b, T, k)
         m = mask.view(n, b * seq_len)[0].bool()  # same windows in every slot
         vals.append(v.view(n, b * seq_len, k)[:, m].cpu())
         idxs.append(i.view(n, b * seq_len, k)[:, m].to(torch.int32).cpu())
 
-    _stacked_eval(mm, [(w_ids, w_mask)] * n, batch_size, precision, on_batch=keep)
+    _stacked_eval(mm, [(w_ids, w_mask)] * n, batch_size, precision, on_batch=keep, topk=(k, space))
     return torch.cat(vals, dim=1), torch.cat(idxs, dim=1)
 
 
@@ -273,12 +303,10 @@ class LocalTrainer:
         for _ in range(acc):
             ids = self.sample_batch()
             with autocast(self.cfg.precision, self.mm.device):
-                logits = self.mm(ids)
-            nll, count = per_user_loss(logits, ids, self.n)
+                nll, count, _ = stacked_loss(self.mm, ids, self.n)
             loss = nll / count / acc  # (N,) each user's own mean: its gradient is the user's alone
             loss.sum().backward()
             total += loss.detach().float().cpu()
-            del logits
         self.clip_per_user()
         self.opt.step()
         if self.sched is not None:

@@ -192,6 +192,16 @@ class MultiLoRALinear(nn.Module):
         return y + delta.reshape(*shape[:-1], -1).to(y.dtype)
 
 
+def plain_lm_head(model: nn.Module) -> nn.Linear | None:
+    """``model``'s output layer if its logits are exactly ``head(model.base_model(...).last_hidden_state)``."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    cfg = getattr(model, "config", None)
+    post = any(getattr(cfg, k, None) not in (None, 1.0) for k in ("final_logit_softcapping", "logit_scale"))
+    if type(head) is not nn.Linear or post or getattr(model, "base_model", model) is model:
+        return None
+    return head
+
+
 class MultiLoRA(nn.Module):
     """Wraps a frozen causal LM so that it carries ``n_users`` stacked adapters."""
 
@@ -314,6 +324,21 @@ class MultiLoRA(nn.Module):
         """``input_ids: [N*B, T]`` user-major -> logits ``[N*B, T, V]``."""
         try:
             return self.model(input_ids=input_ids, use_cache=False).logits
+        finally:
+            self._shared.clear()
+
+    @property
+    def lm_head(self) -> nn.Linear | None:
+        """The frozen output projection when logits are exactly ``lm_head(hidden(ids))`` (then the loss is computed
+        in chunks, :mod:`trustlora.loss`); None for models that post-process logits (soft-capping, logit scale) or
+        whose head is not a plain linear layer (those use :meth:`forward`)."""
+        return plain_lm_head(self.model)
+
+    def hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``input_ids: [N*B, T]`` -> the decoder's last hidden states ``[N*B, T, d]`` (final norm applied), i.e.
+        what :attr:`lm_head` maps to logits."""
+        try:
+            return self.model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state
         finally:
             self._shared.clear()
 

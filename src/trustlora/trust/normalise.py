@@ -41,11 +41,12 @@ def resolved_scale(cfg: TrustConfig, auto_scale: str) -> str:
     return auto_scale if cfg.scale == "auto" else cfg.scale
 
 
-def resolved_temperature(cfg: TrustConfig, scale: str) -> float:
-    """``trust.temperature=auto`` -> the calibration's default tau."""
+def resolved_temperature(cfg: TrustConfig, scale: str, relative_default: float = RELATIVE_TEMPERATURE) -> float:
+    """``trust.temperature=auto`` -> the calibration's default tau (``relative_default``: the strategy's own
+    default for the relative scale, where each strategy's distance has its own contrast)."""
     if cfg.temperature != "auto":
         return float(cfg.temperature)
-    return RELATIVE_TEMPERATURE if scale == "relative" else PAPER_TEMPERATURE
+    return relative_default if scale == "relative" else PAPER_TEMPERATURE
 
 
 def rescale(scores: torch.Tensor, how: str) -> torch.Tensor:
@@ -154,7 +155,10 @@ def normalise_relative(
     cfg: TrustConfig,
     self_is_best: bool = True,
     mask: torch.Tensor | None = None,
+    default_temperature: float = RELATIVE_TEMPERATURE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Relative calibration: distances [n, N] and units [n] -> (W [n, N] float64, z [n, N])."""
+    """Relative calibration: distances [n, N] and units [n] -> (W [n, N] float64, z [n, N]).
+
+    ``default_temperature``: the tau that ``trust.temperature=auto`` means for the calling strategy."""
     z = relative_z(dist, unit, rows, self_is_best=self_is_best, mask=mask)
-    return _apply_normaliser(-z, cfg, resolved_temperature(cfg, "relative")), z
+    return _apply_normaliser(-z, cfg, resolved_temperature(cfg, "relative", default_temperature)), z

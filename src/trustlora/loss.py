@@ -1,0 +1,136 @@
+"""Next-token cross-entropy (and top-k) through a linear LM head, in chunks of positions.
+
+    labels = next_token_labels(input_ids, mask)                  # [R, T] with -100 where nothing is predicted
+    nll = linear_cross_entropy(hidden, weight, bias, labels)     # hidden [M, d], labels [M] -> nll [M] fp32
+    nll, (v, i) = head_scores(hidden, weight, bias, labels, topk=(10, "probs"))   # no autograd: eval passes
+
+No ``[M, V]`` logits tensor is ever held: the forward keeps the hidden states and each row's log-sum-exp, and the
+backward recomputes one chunk of logits at a time (as fused linear-cross-entropy kernels do), so the memory of the
+loss is one chunk (``CHUNK_BYTES`` of fp32 logits) instead of several copies of all logits (with SmolLM2's 49,152
+token vocabulary, 6 users x 4 x 128 positions are 600 MB per fp32 copy). Under bf16 autocast the head matmuls run
+in bf16 and log-softmax in fp32, as in the unfused path (logits.float() then F.cross_entropy).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+CHUNK_BYTES = 64 << 20
+"""fp32 logits per chunk (64 MiB: 341 positions of a 49,152-token vocabulary)."""
+
+
+def chunk_rows(vocab: int) -> int:
+    return max(32, CHUNK_BYTES // (4 * max(1, vocab)))
+
+
+def next_token_labels(input_ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``[R, T]`` ids -> labels ``[R, T]``: the next token, -100 at the last position and wherever the current or
+    the next token is padding (HF's shift with -100 padding)."""
+    labels = torch.full_like(input_ids, -100)
+    labels[:, :-1] = input_ids[:, 1:]
+    if mask is not None:
+        valid_next = torch.zeros_like(mask, dtype=torch.bool)
+        valid_next[:, :-1] = mask[:, 1:].bool() & mask[:, :-1].bool()
+        labels = labels.masked_fill(~valid_next, -100)
+    return labels
+
+
+def _up(logits: torch.Tensor) -> torch.Tensor:
+    """Logits for log-softmax: fp32 (float64 kept, for reference checks)."""
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
+def _autocast_state(device_type: str) -> tuple[bool, torch.dtype]:
+    return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+
+
+def _chunk_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 logits [m, V], labels [m] -> (nll [m] with 0 at ignored rows, log-sum-exp [m])."""
+    lse = torch.logsumexp(logits, dim=-1)
+    tgt = logits.gather(1, labels.clamp_min(0).unsqueeze(1)).squeeze(1)
+    return torch.where(labels >= 0, lse - tgt, torch.zeros_like(lse)), lse
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, rows):
+        dev = hidden.device.type
+        ctx.autocast = (dev, *_autocast_state(dev))
+        nll = torch.empty(hidden.shape[0], dtype=torch.promote_types(hidden.dtype, torch.float32), device=hidden.device)
+        lse = torch.empty_like(nll)
+        for s in range(0, hidden.shape[0], rows):
+            logits = _up(F.linear(hidden[s : s + rows], weight, bias))
+            nll[s : s + rows], lse[s : s + rows] = _chunk_nll(logits, labels[s : s + rows])
+        ctx.rows = rows
+        ctx.save_for_backward(hidden, weight, bias, labels, lse)
+        return nll
+
+    @staticmethod
+    def backward(ctx, grad_nll):
+        hidden, weight, bias, labels, lse = ctx.saved_tensors
+        dev, enabled, dtype = ctx.autocast
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_b = bias is not None and ctx.needs_input_grad[2]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight, dtype=torch.promote_types(weight.dtype, torch.float32)) if need_w else None
+        grad_b = torch.zeros_like(bias, dtype=torch.promote_types(bias.dtype, torch.float32)) if need_b else None
+        rows = ctx.rows
+        with torch.autocast(dev, dtype=dtype, enabled=enabled):
+            for s in range(0, hidden.shape[0], rows):
+                h, lab = hidden[s : s + rows], labels[s : s + rows]
+                logits = _up(F.linear(h, weight, bias))
+                # d nll / d logits = softmax - onehot(label), zero at ignored rows; times the incoming gradient
+                g = torch.exp(logits - lse[s : s + rows].unsqueeze(1))
+                valid = lab >= 0
+                g[valid, lab[valid]] -= 1.0
+                g *= (grad_nll[s : s + rows] * valid).unsqueeze(1)
+                if need_h:
+                    grad_h[s : s + rows] = torch.matmul(g.to(weight.dtype), weight).to(
+                        hidden.dtype
+                    )  # bf16 under autocast
+                if need_w:
+                    grad_w += torch.matmul(g.T.to(h.dtype), h).to(grad_w.dtype)
+                if need_b:
+                    grad_b += g.sum(0)
+        if need_w:
+            grad_w = grad_w.to(weight.dtype)
+        if need_b:
+            grad_b = grad_b.to(bias.dtype)
+        return grad_h, grad_w, grad_b, None, None
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor, rows: int = 0
+) -> torch.Tensor:
+    """Per-row next-token CE of ``F.linear(hidden, weight, bias)`` without materialising the logits.
+
+    hidden ``[M, d]``, weight ``[V, d]``, labels ``[M]`` (-100 = ignored, nll 0). Returns nll ``[M]`` fp32,
+    differentiable in hidden (and weight/bias when they require grad). ``rows``: positions per chunk (0 = auto).
+    """
+    return _LinearCrossEntropy.apply(hidden, weight, bias, labels, rows or chunk_rows(weight.shape[0]))
+
+
+@torch.no_grad()
+def head_scores(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    labels: torch.Tensor,
+    topk: tuple[int, str] | None = None,
+    rows: int = 0,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """Evaluation pass of the head, chunk by chunk: (nll ``[M]`` fp32, top-k (values ``[M, k]`` fp32, ids ``[M, k]``)
+    of probabilities (``space='probs'``) or raw logits, or None)."""
+    rows = rows or chunk_rows(weight.shape[0])
+    nll = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    vals, idxs = [], []
+    for s in range(0, hidden.shape[0], rows):
+        logits = _up(F.linear(hidden[s : s + rows], weight, bias))
+        nll[s : s + rows], lse = _chunk_nll(logits, labels[s : s + rows])
+        if topk is not None:
+            k, space = topk
+            v, i = torch.topk(logits, k, dim=-1)
+            vals.append(torch.exp(v - lse.unsqueeze(1)) if space == "probs" else v)
+            idxs.append(i)
+    return nll, (torch.cat(vals), torch.cat(idxs)) if topk is not None else None

@@ -1,0 +1,95 @@
+"""The chunked linear cross-entropy (trustlora.loss) equals the full-logits path: loss, gradients, top-k."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trustlora.config import LoraConfig
+from trustlora.loss import head_scores, linear_cross_entropy, next_token_labels
+from trustlora.model.base import tiny_random_model
+from trustlora.model.multilora import MultiLoRA
+from trustlora.train import autocast, per_user_loss, stacked_loss, topk_of
+
+N, B, T = 3, 2, 16
+
+
+def _mm():
+    mm = MultiLoRA(copy.deepcopy(tiny_random_model(seed=0)), N, LoraConfig(dropout=0.0), seed=0)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in mm.adapter_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    ids = torch.randint(0, 256, (N * B, T), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(ids)
+    mask[1, 10:] = 0  # padding in one window
+    return mm, ids, mask
+
+
+@pytest.mark.parametrize("rows", [1, 7, 10_000])
+def test_linear_ce_matches_cross_entropy_and_grads(rows):
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(23, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(31, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(31, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 31, (23,), generator=g)
+    labels[[3, 11]] = -100
+    ref = F.cross_entropy(F.linear(h, w, b), labels, reduction="none", ignore_index=-100)
+    out = linear_cross_entropy(h, w, b, labels, rows=rows)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    upstream = torch.randn(23, generator=g, dtype=torch.float64)
+    gr = torch.autograd.grad((ref * upstream).sum(), (h, w, b))
+    go = torch.autograd.grad((out.double() * upstream).sum(), (h, w, b))
+    for a, e in zip(go, gr, strict=True):
+        torch.testing.assert_close(a.double(), e, rtol=1e-5, atol=1e-5)
+    assert torch.equal(out[labels == -100], torch.zeros(2, dtype=out.dtype))
+
+
+def test_head_scores_topk_matches_softmax_topk():
+    g = torch.Generator().manual_seed(3)
+    h, w = torch.randn(19, 8, generator=g), torch.randn(40, 8, generator=g)
+    labels = torch.randint(0, 40, (19,), generator=g)
+    for space in ("probs", "logits"):
+        nll, (v, i) = head_scores(h, w, None, labels, topk=(5, space), rows=4)
+        rv, ri = topk_of(F.linear(h, w), 5, space)
+        torch.testing.assert_close(v, rv)
+        assert torch.equal(i, ri)
+        torch.testing.assert_close(nll, F.cross_entropy(F.linear(h, w), labels, reduction="none"))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_stacked_loss_equals_full_logits_path(precision):
+    """Per-user loss and every adapter gradient through the model: chunked head vs full logits."""
+    mm, ids, mask = _mm()
+    assert mm.lm_head is not None
+    with autocast(precision):
+        ref_nll, ref_count = per_user_loss(mm(ids), ids, N, mask)
+    gref = torch.autograd.grad(ref_nll.sum(), mm.adapter_parameters())
+    with autocast(precision):
+        nll, count, _ = stacked_loss(mm, ids, N, mask)
+    got = torch.autograd.grad(nll.sum(), mm.adapter_parameters())
+    assert torch.equal(count, ref_count)
+    tol = {"rtol": 1e-4, "atol": 1e-4} if precision == "fp32" else {"rtol": 2e-2, "atol": 2e-2}
+    torch.testing.assert_close(nll, ref_nll, **tol)
+    for a, e in zip(got, gref, strict=True):
+        torch.testing.assert_close(a, e, **tol)
+
+
+def test_stacked_loss_no_grad_topk_matches_logits():
+    mm, ids, mask = _mm()
+    with torch.no_grad():
+        logits = mm(ids)
+        nll, count, (v, i) = stacked_loss(mm, ids, N, mask, topk=(4, "probs"))
+    ref_nll, ref_count = per_user_loss(logits, ids, N, mask)
+    rv, ri = topk_of(logits, 4, "probs")
+    torch.testing.assert_close(nll, ref_nll, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(v, rv, rtol=1e-5, atol=1e-6)
+    assert (i == ri).float().mean() > 0.99  # ties may order differently
+    assert torch.equal(count, ref_count)
+
+
+def test_labels_mask_padding():
+    ids = torch.tensor([[5, 6, 7, 8]])
+    mask = torch.tensor([[1, 1, 1, 0]])
+    assert next_token_labels(ids, mask).tolist() == [[6, 7, -100, -100]]
