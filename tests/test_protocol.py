@@ -143,3 +143,22 @@ def test_ring_topology_zeroes_non_neighbours(tiny_overrides, tmp_path):
     torch.testing.assert_close(w, expected)
     sizes = [r for r in recs if r["kind"] == "trust"][-1]["bytes_equiv"]
     assert sizes["dense_logits"] == 96 * 257 * 4 and sizes["topk_coo"] == 96 * 10 * 8
+
+
+def test_phase_costs_recorded(tiny_overrides, tmp_path):
+    """Per-phase seconds and forward positions in metrics.jsonl; FLOPs and MFU per phase in summary.json."""
+    run_dir, cfg = _run(tiny_overrides, tmp_path, "cost", ["strategy=predictions"])
+    recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    n, b, t = cfg.data.users, cfg.train.batch_size, cfg.train.seq_len
+    for r in recs:
+        if r["kind"] in ("train", "trust", "eval"):
+            assert r["seconds"] >= 0
+    train = [r for r in recs if r["kind"] == "train"]
+    assert [r["positions"] for r in train] == [k * n * b * t for k in round_schedule(6, 2, 2)]
+    assert all(r["positions"] > 0 for r in recs if r["kind"] == "trust")  # predictions runs X_S through all users
+    s = json.loads((run_dir / "summary.json").read_text())
+    ph = s["phases"]
+    assert ph["train"]["flops"] > 0 and ph["eval"]["flops"] > 0 and ph["total"]["gemm_peak_gflops_per_s"] > 0
+    parts = sum(ph[k]["seconds"] for k in ("train", "trust", "eval", "other"))
+    assert abs(parts - s["wall_time_s"]) < 1e-6 * max(1.0, s["wall_time_s"]) + 1e-9
+    assert "Time and model FLOPs by phase" in (run_dir / "report.md").read_text()

@@ -27,6 +27,7 @@ from trustlora.comm import InProcess
 from trustlora.config import Config, ConfigError, dump_yaml, from_dict, load_config, read_yaml, to_dict
 from trustlora.data.partition import Partition, build_partition
 from trustlora.data.sources import load_documents
+from trustlora.flops import forward_flops_per_token, gemm_peak_gflops, phase_costs, train_flops_per_token
 from trustlora.model import build_stack
 from trustlora.model.base import load_base
 from trustlora.model.multilora import MultiLoRA
@@ -307,6 +308,15 @@ def run_users(cfg: Config, comm, ws: Workspace | None = None, progress: bool = T
         ),
         "data": part.info,
     }
+    precision = summary["precision"]
+    fwd = forward_flops_per_token(mm.model, cfg.train.seq_len)
+    summary["phases"] = phase_costs(
+        metrics.records,
+        fwd,
+        train_flops_per_token(mm.model, cfg.train.seq_len, mm.num_adapter_params()),
+        wall,
+        gemm_peak_gflops(precision, str(mm.device)),
+    )
     atomic_write_json(out / "summary.json", summary)
     report.write_run_report(out)
     ckpt.clear(out, users[0], main)

@@ -83,8 +83,11 @@ class Protocol:
         for split in ("val", "test"):
             self.progress(f"eval {split}{' (base model)' if base else ''}")
             streams = getattr(self.data, split)
+            t0, pos0 = time.perf_counter(), self.mm.positions
             loss, ppl = evaluate(self.mm, streams, tr.seq_len, ev.batch_size, tr.precision, max_tokens, base=base)
             rec = {
+                "seconds": time.perf_counter() - t0,
+                "positions": self.mm.positions - pos0,
                 "kind": "eval",
                 "round": round_,
                 "step": step,
@@ -209,7 +212,7 @@ class Protocol:
         step0 = sum(self.schedule[: r - 1])
         before = self.mm.get_flat()
         losses = []
-        t0 = time.perf_counter()
+        t0, pos0 = time.perf_counter(), self.mm.positions
         for _ in range(k):
             losses.append(self.trainer.step())
             if step_callback is not None:
@@ -223,16 +226,20 @@ class Protocol:
                 "users": self.users,
                 "loss": torch.stack(losses).mean(0).tolist(),
                 "seconds": time.perf_counter() - t0,
+                "positions": self.mm.positions - pos0,
             }
         )
         after = self.mm.get_flat()
         self.comm.reset_bytes()
+        t1, pos1 = time.perf_counter(), self.mm.positions
         w, scores = self.exchange(before, after)
         self.record(
             {
                 "kind": "trust",
                 "round": r,
                 "step": step,
+                "seconds": time.perf_counter() - t1,  # messages, trust scores, aggregation
+                "positions": self.mm.positions - pos1,  # forward positions of the trust step (val / X_S passes)
                 "users": self.users,
                 "W": w.tolist(),
                 # how well these rows follow the data structure (trustlora.trust.quality); api merges ranks

@@ -573,6 +573,35 @@ def write_run_report(run_dir: Path) -> Path:
         ["precision", summary.get("precision") or DASH],
     ]
     out += [format_table(["", "value"], cost), ""]
+    phases = summary.get("phases")
+    if isinstance(phases, dict) and _is_number((phases.get("total") or {}).get("seconds")):
+        total = float(phases["total"]["seconds"]) or 1.0
+        prow = []
+        for name in ("train", "trust", "eval", "other"):
+            ph = phases.get(name) or {}
+            sec, gf, mfu = ph.get("seconds"), ph.get("gflops_per_s"), ph.get("mfu")
+            prow.append(
+                [
+                    name,
+                    f"{float(sec):.1f}" if _is_number(sec) else DASH,
+                    f"{100 * float(sec) / total:.0f}%" if _is_number(sec) else DASH,
+                    f"{float(ph['flops']) / 1e12:.2f}" if _is_number(ph.get("flops")) else DASH,
+                    f"{float(gf):.1f}" if _is_number(gf) else DASH,
+                    f"{100 * float(mfu):.0f}%" if _is_number(mfu) else DASH,
+                ]
+            )
+        peak = phases["total"].get("gemm_peak_gflops_per_s")
+        out += [
+            "### Time and model FLOPs by phase",
+            "",
+            format_table(["phase", "seconds", "share", "TFLOP", "GFLOP/s", "MFU"], prow),
+            "",
+            f"_MFU: model FLOPs per second over this machine's measured GEMM peak "
+            f"({float(peak):.0f} GFLOP/s in {summary.get('precision')}; trustlora.flops)._"
+            if _is_number(peak)
+            else "",
+            "",
+        ]
 
     bpr, source = _bytes_per_round(summary, trust)
     out += ["### Bytes per round per message kind", ""]

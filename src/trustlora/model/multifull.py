@@ -57,6 +57,7 @@ class MultiFull(nn.Module):
         )
         self.target_names = ["full"]
         self._enabled = True
+        self.positions = 0  # token positions run through the model so far (FLOP accounting)
         self.reset_adapters(seed)
 
     @property
@@ -99,6 +100,7 @@ class MultiFull(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """``input_ids: [N*B, T]`` user-major -> logits ``[N*B, T, V]``."""
+        self.positions += input_ids.numel()
         if not self._enabled:
             return self.model(input_ids=input_ids, use_cache=False).logits
         chunks = input_ids.view(self.n_users, -1, input_ids.shape[-1])

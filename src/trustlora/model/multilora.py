@@ -223,6 +223,7 @@ class MultiLoRA(nn.Module):
         for p in model.parameters():
             p.requires_grad_(False)
         self._shared = _Shared(n_users, cfg.dropout)
+        self.positions = 0  # token positions run through the model so far (all slots; for FLOP accounting)
         self.target_names = find_targets(model, cfg.targets)
         self.layers: dict[str, MultiLoRALinear] = {}
         for name in self.target_names:
@@ -322,6 +323,7 @@ class MultiLoRA(nn.Module):
     # ---- forward ------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """``input_ids: [N*B, T]`` user-major -> logits ``[N*B, T, V]``."""
+        self.positions += input_ids.numel()
         try:
             return self.model(input_ids=input_ids, use_cache=False).logits
         finally:
@@ -337,6 +339,7 @@ class MultiLoRA(nn.Module):
     def hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
         """``input_ids: [N*B, T]`` -> the decoder's last hidden states ``[N*B, T, d]`` (final norm applied), i.e.
         what :attr:`lm_head` maps to logits."""
+        self.positions += input_ids.numel()
         try:
             return self.model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state
         finally:

@@ -1,0 +1,95 @@
+"""Model FLOPs of a run's phases and the machine's GEMM peak, for model FLOP utilisation (MFU).
+
+    fwd = forward_flops_per_token(model, seq_len=128)      # 2 x matmul params + attention scores, per token
+    peak = gemm_peak_gflops("bf16", "cpu")                 # best of a few 1024^3 matmuls in that precision
+    mfu = achieved_gflops / peak
+
+Conventions (the usual ones for a frozen base with adapters): a forward costs 2 FLOPs per weight of every
+matmul (every ``nn.Linear`` and the LM head; embeddings are lookups) plus 4 x layers x seq_len x d_model for the
+attention scores and their weighted sum; a training step costs 2 forwards (forward + input-gradient backward;
+the frozen weights get no gradient) plus 6 x adapter params (the adapters' forward and both gradients).
+Evaluation and trust passes are forwards. These are *model* FLOPs: the chunked loss recomputes the LM head in
+backward, which is extra work the MFU does not credit.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+from torch import nn
+
+
+def matmul_params(model: nn.Module) -> int:
+    """Weights of every linear layer reached in a forward (tied LM head counted once, as a matmul)."""
+    seen: set[int] = set()
+    total = 0
+    for m in model.modules():
+        w = getattr(m, "weight", None)
+        if isinstance(m, nn.Linear) and w is not None and id(w) not in seen:
+            seen.add(id(w))
+            total += w.numel()
+        elif type(m).__name__ == "Conv1D" and w is not None and id(w) not in seen:  # GPT-2's linear
+            seen.add(id(w))
+            total += w.numel()
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and id(head.weight) not in seen:
+        total += head.weight.numel()
+    return total
+
+
+def forward_flops_per_token(model: nn.Module, seq_len: int) -> float:
+    cfg = getattr(model, "config", None)
+    layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", 0) or 0
+    d = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", 0) or 0
+    return 2.0 * matmul_params(model) + 4.0 * layers * seq_len * d
+
+
+def train_flops_per_token(model: nn.Module, seq_len: int, adapter_params: int) -> float:
+    return 2.0 * forward_flops_per_token(model, seq_len) + 6.0 * adapter_params
+
+
+@functools.cache
+def gemm_peak_gflops(precision: str, device: str = "cpu", n: int = 1024, repeats: int = 5) -> float:
+    """GFLOP/s of the best of ``repeats`` ``n x n @ n x n`` matmuls in ``precision`` ('fp32' or 'bf16') on
+    ``device`` (cached per process; ~0.1 s on a 2-core CPU)."""
+    dt = torch.bfloat16 if precision == "bf16" else torch.float32
+    dev = torch.device(device)
+    a = torch.randn(n, n, device=dev).to(dt)
+    b = torch.randn(n, n, device=dev).to(dt)
+    torch.matmul(a, b)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best / 1e9
+
+
+def phase_costs(records: list[dict], fwd_per_token: float, train_per_token: float, wall_s: float, peak: float) -> dict:
+    """Seconds, model FLOPs, GFLOP/s and MFU per phase from a run's metrics records.
+
+    Phases: 'train' (local steps), 'trust' (messages, trust scores, aggregation: its forwards are the val / X_S
+    passes), 'eval' (held-out evaluation, base model included) and 'other' (wall time left: checkpoints, export,
+    bookkeeping). Records without ``seconds`` (runs of older versions) count as 0.
+    """
+    out: dict = {}
+    for phase, kind, per_token in (
+        ("train", "train", train_per_token),
+        ("trust", "trust", fwd_per_token),
+        ("eval", "eval", fwd_per_token),
+    ):
+        recs = [r for r in records if r.get("kind") == kind]
+        sec = float(sum(r.get("seconds") or 0.0 for r in recs))
+        flops = float(sum(r.get("positions") or 0 for r in recs)) * per_token
+        gf = flops / sec / 1e9 if sec > 0 else None
+        out[phase] = {"seconds": sec, "flops": flops, "gflops_per_s": gf, "mfu": gf / peak if gf and peak else None}
+    out["other"] = {"seconds": max(0.0, wall_s - sum(v["seconds"] for v in out.values()))}
+    total_flops = sum(v.get("flops", 0.0) for v in out.values())
+    out["total"] = {"seconds": wall_s, "flops": total_flops, "gemm_peak_gflops_per_s": peak}
+    return out
