@@ -63,12 +63,35 @@ def test_relative_is_flat_when_peers_are_indistinguishable_and_sharp_when_far():
 
 def test_relative_z_reference_is_closest_peer_and_self_options():
     d = torch.tensor([[0.0, 2.0, 3.0], [2.0, 0.0, 5.0]], dtype=torch.float64)
-    z = relative_z(d, torch.tensor([1.0, 2.0]), [0, 1], self_is_best=True)
+    z = relative_z(d, torch.tensor([1.0, 2.0]), [0, 1], reference="closest")
     np.testing.assert_allclose(z.numpy(), [[0.0, 0.0, 1.0], [0.0, 0.0, 1.5]])
     # validation: self is a measurement; a peer with a lower loss than self outranks it
     s = torch.tensor([[2.0, 1.5, 3.0]], dtype=torch.float64)
-    z = relative_z(s, torch.tensor([1.0]), [0], self_is_best=False)
+    z = relative_z(s, torch.tensor([1.0]), [0], reference="best")
     np.testing.assert_allclose(z.numpy(), [[0.5, 0.0, 1.5]])
+    # validation default: the own model is the reference; a better peer shares the top weight, a worse one pays
+    z = relative_z(s, torch.tensor([1.0]), [0], reference="self")
+    np.testing.assert_allclose(z.numpy(), [[0.0, 0.0, 1.0]])
+    with pytest.raises(ValueError, match="reference"):
+        relative_z(s, torch.tensor([1.0]), [0], reference="nearest")
+
+
+def test_validation_self_reference_keeps_equally_good_peers_together():
+    """Three same-category models within noise of each other keep near-equal weight whichever is best on val;
+    other-category models (half the gain behind) get almost none."""
+    from trustlora.config import TrustConfig
+    from trustlora.trust import TrustInputs, get
+
+    cats = [0, 1, 2, 0, 1, 2]
+    # CE of model j on user 0's val: own 2.10, same-category peer 2.05 (best, by noise), others 2.30; base 2.50
+    row = torch.tensor([[2.10, 2.30, 2.30, 2.05, 2.31, 2.29]], dtype=torch.float64)
+    inp = TrustInputs(users=[0], n_users=6, val_losses=row, val_base_losses=torch.tensor([2.50], dtype=torch.float64))
+    w, _ = get("validation").trust(inp, TrustConfig())
+    same = w[0, [0, 3]]
+    assert torch.allclose(same[0], same[1])  # the better peer does not outrank self
+    assert float(same.sum()) > 0.9 and all(float(w[0, j]) < 0.05 for j in range(6) if cats[j] != 0)
+    w_best, _ = get("validation").trust(inp, TrustConfig(val_reference="best"))
+    assert float(w_best[0, 3]) > 1.5 * float(w_best[0, 0])  # 'best': the lucky peer takes more than self
 
 
 def test_mask_is_applied_before_normalising():

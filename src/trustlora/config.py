@@ -224,6 +224,9 @@ class TrustConfig:
     """Strategy 'validation': tokens of each user's val split scored by every peer model (N^2 evaluations)."""
     val_metric: str = "loss"
     """Strategy 'validation': 'loss' (mean CE, default) or 'ppl' (perplexity, official code)."""
+    val_reference: str = "self"
+    """Strategy 'validation', relative scale: what z = 0 is. 'self' (default): the user's own model's CE, so every
+    peer at least as good as it shares the top weight; 'best': the best model in the row (self competes)."""
 
     def validate(self) -> None:
         _check(
@@ -262,6 +265,7 @@ class TrustConfig:
             self.val_tokens,
         )
         _check(self.val_metric in ("loss", "ppl"), "trust.val_metric", "'loss' or 'ppl'", self.val_metric)
+        _check(self.val_reference in ("self", "best"), "trust.val_reference", "'self' or 'best'", self.val_reference)
 
 
 @dataclass

@@ -8,7 +8,8 @@ Two families of calibration (``trust.scale``):
   predictions' L1 distance to the base model's, the CE gain of its model over the base model on its val
   split, the norm of its accumulated adapter change). Then
 
-      z_ij = (d_ij - min_k d_ik) / u_i          (min over peers; self counts as the best peer)
+      z_ij = max(0, d_ij - ref_i) / u_i        ref_i = the closest peer's distance (self counts as the closest
+                                               peer), or, for validation, the user's own model's CE
       w_ij = exp(-z_ij / tau) / sum_k exp(-z_ik / tau)
 
   z is a fraction of the user's own movement: it does not change when all scores are rescaled (corpus,
@@ -59,32 +60,48 @@ def rescale(scores: torch.Tensor, how: str) -> torch.Tensor:
     return out * 10.0 if how == "row_l1" else out
 
 
+REFERENCES = ("closest", "self", "best")
+
+
 def relative_z(
     dist: torch.Tensor,
     unit: torch.Tensor,
     rows: list[int],
-    self_is_best: bool = True,
+    reference: str = "closest",
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Distances [n, N] -> z [n, N] >= 0: excess over the row's reference, in units of the user's movement.
 
-    ``rows[a]`` is the global index of row a's user. ``self_is_best``: the self entry is set to the
-    reference (for scores where self-distance is trivially 0: predictions, weights); otherwise the self
-    score competes like any peer's (validation, where model i's own CE is a real measurement).
+    ``rows[a]`` is the global index of row a's user. ``reference`` (what z = 0 means; self always gets z = 0
+    except with 'best'):
+
+    * 'closest': the closest *peer* (for scores where self-distance is trivially 0: predictions, weights);
+    * 'self': the user's own score, when it is a real measurement (validation: model i's own CE on i's val
+      split); a peer at least as good as the user's own model gets the top weight, like self (FedFomo's
+      criterion: a peer helps if it does better than me on my data);
+    * 'best': the best score in the row, self included (self competes like any peer).
+
     Non-neighbours (``mask`` False) get z = +inf.
     """
+    if reference not in REFERENCES:
+        raise ValueError(f"relative_z: reference must be one of {REFERENCES}, got {reference!r}")
     d = dist.double().clone()
     n, big_n = d.shape
     own = torch.zeros(n, big_n, dtype=torch.bool)
     own[torch.arange(n), torch.tensor(rows, dtype=torch.long)] = True
     allowed = torch.ones(n, big_n, dtype=torch.bool) if mask is None else mask.bool().clone()
     allowed |= own
-    peers = allowed & ~own if self_is_best else allowed
-    ref = torch.where(peers, d, torch.full_like(d, float("inf"))).min(dim=1, keepdim=True).values
-    ref = torch.where(torch.isinf(ref), d.gather(1, torch.tensor(rows).view(-1, 1)), ref)  # no peer at all
+    own_score = d.gather(1, torch.tensor(rows).view(-1, 1))
+    if reference == "self":
+        ref = own_score
+    else:
+        peers = allowed & ~own if reference == "closest" else allowed
+        ref = torch.where(peers, d, torch.full_like(d, float("inf"))).min(dim=1, keepdim=True).values
+        ref = torch.where(torch.isinf(ref), own_score, ref)  # no peer at all
+    d = torch.where(allowed, d, ref.expand_as(d))  # non-neighbours' scores (maybe NaN) never enter the arithmetic
     u = unit.double().abs().view(-1, 1).clamp_min(1e-12)
     z = ((d - ref) / u).clamp_min(0.0)
-    if self_is_best:
+    if reference != "best":
         z[own] = 0.0
     return torch.where(allowed, z, torch.full_like(z, float("inf")))
 
@@ -153,12 +170,13 @@ def normalise_relative(
     unit: torch.Tensor,
     rows: list[int],
     cfg: TrustConfig,
-    self_is_best: bool = True,
+    reference: str = "closest",
     mask: torch.Tensor | None = None,
     default_temperature: float = RELATIVE_TEMPERATURE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Relative calibration: distances [n, N] and units [n] -> (W [n, N] float64, z [n, N]).
 
-    ``default_temperature``: the tau that ``trust.temperature=auto`` means for the calling strategy."""
-    z = relative_z(dist, unit, rows, self_is_best=self_is_best, mask=mask)
+    ``reference``: see :func:`relative_z`. ``default_temperature``: the tau that ``trust.temperature=auto`` means
+    for the calling strategy."""
+    z = relative_z(dist, unit, rows, reference=reference, mask=mask)
     return _apply_normaliser(-z, cfg, resolved_temperature(cfg, "relative", default_temperature)), z

@@ -63,7 +63,7 @@ class Predictions:
                     for i in inp.users
                 ]
             )
-            w, _ = normalise_relative(s, unit, inp.users, cfg, self_is_best=True, mask=inp.mask)
+            w, _ = normalise_relative(s, unit, inp.users, cfg, reference="closest", mask=inp.mask)
             return w, s
         return normalise(s, cfg, higher_is_better=False, auto_scale="row_l1", mask=inp.mask), s
 

@@ -42,7 +42,7 @@ class Weights:
             if inp.theta0 is None:
                 raise ValueError("strategy 'weights' (relative scale) needs theta0, the initial adapters")
             d, unit = movement_distances(inp.theta, inp.theta0, inp.users)
-            w, _ = normalise_relative(d, unit, inp.users, cfg, self_is_best=True, mask=inp.mask)
+            w, _ = normalise_relative(d, unit, inp.users, cfg, reference="closest", mask=inp.mask)
             return w, d
         s = cosine_scores(inp.theta, inp.users)
         return normalise(s, cfg, higher_is_better=True, mask=inp.mask), s
