@@ -12,6 +12,16 @@ WORDS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _private_base_eval_cache(tmp_path_factory, monkeypatch):
+    """Each test gets its own base-eval cache (the model/data caches stay shared)."""
+    from trustlora import base_eval
+
+    d = tmp_path_factory.mktemp("base_eval")
+    monkeypatch.setattr(base_eval, "_dir", lambda: d)
+    return d
+
+
 @pytest.fixture
 def corpus(tmp_path):
     """A jsonl file with 3 categories x 40 documents of ~60 words each."""

@@ -162,3 +162,23 @@ def test_phase_costs_recorded(tiny_overrides, tmp_path):
     parts = sum(ph[k]["seconds"] for k in ("train", "trust", "eval", "other"))
     assert abs(parts - s["wall_time_s"]) < 1e-6 * max(1.0, s["wall_time_s"]) + 1e-9
     assert "Time and model FLOPs by phase" in (run_dir / "report.md").read_text()
+
+
+def test_base_eval_cached_on_disk_and_keyed(tiny_overrides, tmp_path, _private_base_eval_cache):
+    """A second identical run replays the base-model evaluation from disk; another seq_len recomputes it."""
+    first, _ = _run(tiny_overrides, tmp_path, "a", ["strategy=local"])
+    assert len(list(_private_base_eval_cache.iterdir())) == 1
+    second, _ = _run(tiny_overrides, tmp_path, "b", ["strategy=fedavg"])
+
+    def base(run_dir):
+        recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return [r for r in recs if r.get("model") == "base"]
+
+    b1, b2 = base(first), base(second)
+    assert not any(r.get("cached") for r in b1) and all(r.get("cached") for r in b2)
+    assert [r["loss"] for r in b1] == [r["loss"] for r in b2]
+    third, _ = _run(tiny_overrides, tmp_path, "c", ["strategy=local", "train.seq_len=16"])
+    assert not any(r.get("cached") for r in base(third))
+    assert len(list(_private_base_eval_cache.iterdir())) == 2
+    off, _ = _run(tiny_overrides, tmp_path, "d", ["strategy=local", "eval.cache_base=false"])
+    assert not any(r.get("cached") for r in base(off))

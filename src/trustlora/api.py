@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trustlora import base_eval
 from trustlora import checkpoint as ckpt
+from trustlora.base_eval import model_fingerprint
 from trustlora.cache import atomic_write_json, atomic_write_text
 from trustlora.comm import InProcess
 from trustlora.config import Config, ConfigError, dump_yaml, from_dict, load_config, read_yaml, to_dict
@@ -47,6 +49,7 @@ class Workspace:
     partition: Partition | None = None
     mm: MultiLoRA | None = None
     base_eval: list[dict] = field(default_factory=list)
+    model_fp: str = ""
 
 
 def _data_key(cfg: Config) -> tuple:
@@ -72,6 +75,7 @@ def prepare(cfg: Config, ws: Workspace | None = None, log=print, users: list[int
     ws = Workspace(key=key)
     t0 = time.time()
     ws.model, ws.tokenizer = load_base(cfg.model, device=cfg.device)
+    ws.model_fp = model_fingerprint(ws.model)  # before adapters are attached (base-eval cache key)
     log(
         f"model {cfg.model}: {sum(p.numel() for p in ws.model.parameters()) / 1e6:.1f}M params "
         f"({time.time() - t0:.1f}s)"
@@ -250,7 +254,18 @@ def run_users(cfg: Config, comm, ws: Workspace | None = None, progress: bool = T
         for rec in ws.base_eval:
             metrics(rec)
     else:
-        proto.evaluate_base()
+        key = None
+        if not distributed and cfg.eval.cache_base:
+            prec = resolve_precision(cfg.train.precision, mm.device)
+            key = base_eval.base_eval_key(ws.model_fp, data.val, data.test, cfg, prec, mm.device)
+        cached = base_eval.load(key) if key else None
+        if cached:
+            for rec in cached:
+                metrics(rec)
+        else:
+            proto.evaluate_base()
+            if key:
+                base_eval.save(key, metrics.records)
         ws.base_eval = [r for r in metrics.records if r.get("model") == "base"]
     fail_at = int(os.environ.get("TRUSTLORA_FAIL_AT_ROUND", "0"))  # fault injection for crash-recovery tests
     for r in range(start_round + 1, len(proto.schedule) + 1):

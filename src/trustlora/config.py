@@ -276,6 +276,9 @@ class EvalConfig:
     """Sequences per user per evaluation forward."""
     during_tokens: int = 512
     """Test/val tokens per user evaluated after each round (0 = full split); the final evaluation is always full."""
+    cache_base: bool = True
+    """Reuse the frozen base model's evaluation from the cache ($TRUSTLORA_CACHE/base_eval) when the model weights,
+    the users' val/test tokens, seq_len, precision, device and the eval settings are identical (simulation runs)."""
 
 
 @dataclass

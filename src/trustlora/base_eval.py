@@ -1,0 +1,83 @@
+"""On-disk cache of the frozen base model's evaluation (every run starts with it; reruns and comparisons reuse it).
+
+    key = base_eval_key(model, streams, cfg, precision, device)   # hex digest of everything the numbers depend on
+    recs = load(key)            # the base-model eval records, or None
+    save(key, recs)             # atomic write to $TRUSTLORA_CACHE/base_eval/<key>.json
+
+The key hashes the base model's weights (every parameter's bytes; computed once per loaded model), the exact
+val/test token streams of every user, ``train.seq_len``, the resolved precision, the device type, ``eval.batch_size``
+and ``eval.during_tokens``. Change any of them and the evaluation runs again. Records are the ``kind: eval,
+model: base`` dicts of metrics.jsonl, replayed with ``cached: true`` and ``seconds``/``positions`` 0 (this run did not
+spend them; ``measured_seconds`` keeps the original cost).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import torch
+
+from trustlora.cache import atomic_write_json, cache_dir
+
+VERSION = 1
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """Digest of the class and every parameter/buffer (name, shape, dtype, bytes); cached on the model object."""
+    fp = getattr(model, "_trustlora_fingerprint", None)
+    if fp is not None:
+        return fp
+    h = hashlib.blake2b(type(model).__name__.encode(), digest_size=16)
+    with torch.no_grad():
+        for name, t in list(model.state_dict().items()):
+            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    fp = h.hexdigest()
+    model._trustlora_fingerprint = fp
+    return fp
+
+
+def streams_digest(streams: list[torch.Tensor]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for s in streams:
+        h.update(str(len(s)).encode())
+        h.update(s.to(torch.int64).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def base_eval_key(model_fp: str, val: list[torch.Tensor], test: list[torch.Tensor], cfg, precision: str, device) -> str:
+    parts = {
+        "version": VERSION,
+        "model": model_fp,
+        "val": streams_digest(val),
+        "test": streams_digest(test),
+        "seq_len": cfg.train.seq_len,
+        "precision": precision,
+        "device": torch.device(device).type,
+        "eval_batch_size": cfg.eval.batch_size,
+        "during_tokens": cfg.eval.during_tokens,
+    }
+    return hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
+def _dir():
+    return cache_dir("base_eval")
+
+
+def load(key: str) -> list[dict] | None:
+    path = _dir() / f"{key}.json"
+    if not path.is_file():
+        return None
+    try:
+        recs = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # a damaged entry is recomputed (and overwritten)
+    if not isinstance(recs, list) or not all(isinstance(r, dict) and r.get("model") == "base" for r in recs):
+        return None
+    # replayed: this run spent no time or FLOPs on them (phase accounting), the original cost is kept beside
+    return [{**r, "cached": True, "seconds": 0.0, "positions": 0, "measured_seconds": r.get("seconds")} for r in recs]
+
+
+def save(key: str, records: list[dict]) -> None:
+    atomic_write_json(_dir() / f"{key}.json", [r for r in records if r.get("model") == "base"])
