@@ -93,3 +93,38 @@ def test_labels_mask_padding():
     ids = torch.tensor([[5, 6, 7, 8]])
     mask = torch.tensor([[1, 1, 1, 0]])
     assert next_token_labels(ids, mask).tolist() == [[6, 7, -100, -100]]
+
+
+def test_user_chunks_cover_slots():
+    from trustlora.train import user_chunks
+
+    mm, _, _ = _mm()
+    assert user_chunks(mm, 2, 100) == [(0, 2), (2, 3)]
+    assert user_chunks(mm, 10, 100) == [(0, 3)]
+    assert user_chunks(mm, "auto", 8192) == [(0, 1), (1, 2), (2, 3)]  # one user's positions fill a chunk
+    assert user_chunks(mm, "auto", 16) == [(0, 3)]
+
+
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_user_chunked_training_and_eval_equal_one_stacked_pass(chunk):
+    """Training steps with dropout 0.1 and every evaluation pass give the same numbers chunked or stacked."""
+    from trustlora.config import TrainConfig
+    from trustlora.train import LocalTrainer, cross_losses, evaluate, topk_predictions
+
+    streams = [torch.randint(0, 256, (400,), generator=torch.Generator().manual_seed(10 + u)) for u in range(N)]
+
+    def run(user_chunk):
+        mm = MultiLoRA(copy.deepcopy(tiny_random_model(seed=0)), N, LoraConfig(dropout=0.1), seed=0)
+        cfg = TrainConfig(batch_size=2, seq_len=16, lr=0.01, precision="fp32", user_chunk=user_chunk)
+        tr = LocalTrainer(mm, streams, cfg, seed=0)
+        losses = [tr.step() for _ in range(3)]
+        ev = evaluate(mm, streams, 16, 4, "fp32", 64, user_chunk=user_chunk)[0]
+        cl = cross_losses(mm, streams[0], 16, 4, "fp32", 64, user_chunk=user_chunk)
+        tk = topk_predictions(mm, streams[1][:48], 3, "probs", 16, 4, "fp32", user_chunk=user_chunk)
+        return mm.get_flat(), torch.stack(losses), torch.tensor(ev), cl, tk
+
+    ref, got = run(N), run(chunk)
+    for a, e in zip(got[:4], ref[:4], strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[4][0], ref[4][0], rtol=1e-5, atol=1e-6)
+    assert torch.equal(got[4][1], ref[4][1])

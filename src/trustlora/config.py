@@ -158,8 +158,18 @@ class TrainConfig:
     precision: str = "auto"
     """'bf16' (autocast), 'fp32', or 'auto': bf16 where the hardware runs it natively (CUDA with bf16,
     CPUs with AVX512-BF16/AMX), fp32 elsewhere (emulated bf16 is far slower than fp32)."""
+    user_chunk: int | str = "auto"
+    """Users per forward/backward (training, evaluation and trust passes): an integer, or 'auto' = as many as fit
+    in 8,192 token positions per forward (memory of activations bounded by the chunk, not by N). Results equal one
+    stacked pass over all users (each user keeps its own dropout stream)."""
 
     def validate(self) -> None:
+        _check(
+            self.user_chunk == "auto" or (isinstance(self.user_chunk, int) and self.user_chunk >= 1),
+            "train.user_chunk",
+            "an integer >= 1 or 'auto'",
+            self.user_chunk,
+        )
         for name in ("steps", "period", "batch_size", "grad_accum", "seq_len"):
             v = getattr(self, name)
             _check(isinstance(v, int) and v >= 1, f"train.{name}", "an integer >= 1", v)

@@ -84,7 +84,16 @@ class Protocol:
             self.progress(f"eval {split}{' (base model)' if base else ''}")
             streams = getattr(self.data, split)
             t0, pos0 = time.perf_counter(), self.mm.positions
-            loss, ppl = evaluate(self.mm, streams, tr.seq_len, ev.batch_size, tr.precision, max_tokens, base=base)
+            loss, ppl = evaluate(
+                self.mm,
+                streams,
+                tr.seq_len,
+                ev.batch_size,
+                tr.precision,
+                max_tokens,
+                base=base,
+                user_chunk=tr.user_chunk,
+            )
             rec = {
                 "seconds": time.perf_counter() - t0,
                 "positions": self.mm.positions - pos0,
@@ -129,7 +138,13 @@ class Protocol:
                 self.mm.set_flat(slots)
             for i in range(n_local):
                 losses = cross_losses(
-                    self.mm, self.data.val[i], tr.seq_len, self.cfg.eval.batch_size, tr.precision, tc.val_tokens
+                    self.mm,
+                    self.data.val[i],
+                    tr.seq_len,
+                    self.cfg.eval.batch_size,
+                    tr.precision,
+                    tc.val_tokens,
+                    user_chunk=tr.user_chunk,
                 )
                 out[i, chunk] = losses[: len(chunk)]
         self.mm.set_flat(own)
@@ -138,10 +153,10 @@ class Protocol:
     def _predictions_on_reference(self, base: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k predictions on X_S: every local slot's ([n_local, M, k]) or the frozen base model's ([M, k])."""
         tr, tc = self.cfg.train, self.cfg.trust
-        fn = base_topk_predictions if base else topk_predictions
-        return fn(
-            self.mm, self.data.reference, tc.topk, tc.logit_space, tr.seq_len, self.cfg.eval.batch_size, tr.precision
-        )
+        args = (self.mm, self.data.reference, tc.topk, tc.logit_space, tr.seq_len, self.cfg.eval.batch_size)
+        if base:  # adapters off: one copy of the text, no user axis
+            return base_topk_predictions(*args, tr.precision)
+        return topk_predictions(*args, tr.precision, user_chunk=tr.user_chunk)
 
     def _starting_point(self, inp: TrustInputs) -> None:
         """Fill the reference the relative calibration measures movement from; computed once, then cached.

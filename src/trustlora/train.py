@@ -101,6 +101,25 @@ def stacked_loss(
     return nll.reshape(n_users, -1).sum(1), count, tk
 
 
+AUTO_CHUNK_POSITIONS = 8192
+"""``train.user_chunk=auto``: token positions per forward (activation memory grows with it, not with N)."""
+
+
+def user_chunks(mm, setting: int | str, positions_per_user: int) -> list[tuple[int, int]]:
+    """Slot ranges ``[(start, stop), ...]`` covering all of ``mm``'s slots, ``setting`` users each (or 'auto': as
+    many as fit in :data:`AUTO_CHUNK_POSITIONS`). One range when the model cannot run a subset of slots."""
+    n = mm.n_users
+    if not hasattr(mm, "slots"):
+        return [(0, n)]
+    c = setting if isinstance(setting, int) else max(1, AUTO_CHUNK_POSITIONS // max(1, positions_per_user))
+    c = max(1, min(int(c), n))
+    return [(s, min(s + c, n)) for s in range(0, n, c)]
+
+
+def _slots(mm, start: int, stop: int):
+    return mm.slots(start, stop) if (start, stop) != (0, mm.n_users) else contextlib.nullcontext()
+
+
 def windows(stream: torch.Tensor, seq_len: int, max_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Cut a token stream into non-overlapping windows (last one padded). Returns ``(ids, mask)`` ``[W, T]``."""
     if max_tokens:
@@ -121,6 +140,7 @@ def _stacked_eval(
     precision: str,
     on_batch=None,
     topk: tuple[int, str] | None = None,
+    user_chunk: int | str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run each slot's windows through its own adapter; returns (nll_sum [N], count [N]).
 
@@ -144,12 +164,16 @@ def _stacked_eval(
             mask[u, : len(part)] = w_mask[start : start + b]
         dev = mm.device
         ids, mask = ids.view(n * b, seq_len).to(dev), mask.view(n * b, seq_len).to(dev)
-        with autocast(precision, dev):
-            s, c, tk = stacked_loss(mm, ids, n, mask, topk)
-        total += s.double().cpu()
-        count += c.cpu()
+        tks = []
+        for u0, u1 in user_chunks(mm, user_chunk, b * seq_len):
+            rows = slice(u0 * b, u1 * b)
+            with _slots(mm, u0, u1), autocast(precision, dev):
+                s, c, tk = stacked_loss(mm, ids[rows], u1 - u0, mask[rows], topk)
+            total[u0:u1] += s.double().cpu()
+            count[u0:u1] += c.cpu()
+            tks.append(tk)
         if on_batch is not None:
-            on_batch(tk[0], tk[1], mask)
+            on_batch(torch.cat([t[0] for t in tks]), torch.cat([t[1] for t in tks]), mask)
     mm.train(was_training)
     return total, count
 
@@ -162,6 +186,7 @@ def evaluate(
     precision: str,
     max_tokens: int = 0,
     base: bool = False,
+    user_chunk: int | str = "auto",
 ) -> tuple[list[float], list[float]]:
     """Per-user mean next-token loss and perplexity of slot u's adapter on ``streams[u]``.
 
@@ -171,7 +196,7 @@ def evaluate(
     per_slot = [windows(s, seq_len, max_tokens) for s in streams]
     mm.adapters_enabled(not base)
     try:
-        total, count = _stacked_eval(mm, per_slot, batch_size, precision)
+        total, count = _stacked_eval(mm, per_slot, batch_size, precision, user_chunk=user_chunk)
     finally:
         mm.adapters_enabled(True)
     loss = (total / count.clamp_min(1).double()).tolist()
@@ -179,14 +204,20 @@ def evaluate(
 
 
 def cross_losses(
-    mm: MultiLoRA, stream: torch.Tensor, seq_len: int, batch_size: int, precision: str, max_tokens: int
+    mm: MultiLoRA,
+    stream: torch.Tensor,
+    seq_len: int,
+    batch_size: int,
+    precision: str,
+    max_tokens: int,
+    user_chunk: int | str = "auto",
 ) -> torch.Tensor:
     """Mean CE of every slot's adapter on the same text (one user's val split): ``[N]`` float64.
 
     One stacked pass per batch: the text is placed in all N slots, so N models are scored at once.
     """
     w = windows(stream, seq_len, max_tokens)
-    total, count = _stacked_eval(mm, [w] * mm.n_users, batch_size, precision)
+    total, count = _stacked_eval(mm, [w] * mm.n_users, batch_size, precision, user_chunk=user_chunk)
     return total / count.clamp_min(1).double()
 
 
@@ -199,7 +230,14 @@ def topk_of(logits: torch.Tensor, k: int, space: str) -> tuple[torch.Tensor, tor
 
 
 def topk_predictions(
-    mm: MultiLoRA, stream: torch.Tensor, k: int, space: str, seq_len: int, batch_size: int, precision: str
+    mm: MultiLoRA,
+    stream: torch.Tensor,
+    k: int,
+    space: str,
+    seq_len: int,
+    batch_size: int,
+    precision: str,
+    user_chunk: int | str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every slot's top-k next-token predictions on the shared reference text.
 
@@ -216,7 +254,9 @@ def topk_predictions(
         vals.append(v.view(n, b * seq_len, k)[:, m].cpu())
         idxs.append(i.view(n, b * seq_len, k)[:, m].to(torch.int32).cpu())
 
-    _stacked_eval(mm, [(w_ids, w_mask)] * n, batch_size, precision, on_batch=keep, topk=(k, space))
+    _stacked_eval(
+        mm, [(w_ids, w_mask)] * n, batch_size, precision, on_batch=keep, topk=(k, space), user_chunk=user_chunk
+    )
     return torch.cat(vals, dim=1), torch.cat(idxs, dim=1)
 
 
@@ -298,15 +338,17 @@ class LocalTrainer:
     def step(self) -> torch.Tensor:
         """One optimizer step for every user; returns each user's mean train loss ``[N]``."""
         self.mm.train()
-        acc = self.cfg.grad_accum
+        acc, b = self.cfg.grad_accum, self.cfg.batch_size
         total = torch.zeros(self.n)
+        chunks = user_chunks(self.mm, self.cfg.user_chunk, b * self.cfg.seq_len)
         for _ in range(acc):
             ids = self.sample_batch()
-            with autocast(self.cfg.precision, self.mm.device):
-                nll, count, _ = stacked_loss(self.mm, ids, self.n)
-            loss = nll / count / acc  # (N,) each user's own mean: its gradient is the user's alone
-            loss.sum().backward()
-            total += loss.detach().float().cpu()
+            for u0, u1 in chunks:  # users' losses are independent: chunked backward = one stacked backward
+                with _slots(self.mm, u0, u1), autocast(self.cfg.precision, self.mm.device):
+                    nll, count, _ = stacked_loss(self.mm, ids[u0 * b : u1 * b], u1 - u0)
+                loss = nll / count / acc  # (n,) each user's own mean: its gradient is the user's alone
+                loss.sum().backward()
+                total[u0:u1] += loss.detach().float().cpu()
         self.clip_per_user()
         self.opt.step()
         if self.sched is not None:

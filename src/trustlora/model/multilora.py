@@ -21,6 +21,7 @@ dropout) always stays in eval mode. Typical use::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -130,6 +131,10 @@ class _Shared:
         self.generator_device: torch.device | None = None
         self._last_in: torch.Tensor | None = None
         self._last_out: torch.Tensor | None = None
+        self.active: slice | None = None  # slots in the current forward (None = all): user chunking
+
+    def active_slots(self) -> slice:
+        return self.active if self.active is not None else slice(0, self.n_users)
 
     def reseed(self, seeds: list[int]) -> None:
         """Restart every slot's dropout stream from ``seeds`` (generators are made lazily on first use)."""
@@ -153,7 +158,7 @@ class _Shared:
         if torch.is_autocast_enabled(dev):
             out = out.to(torch.get_autocast_dtype(dev))
         if training and self.p > 0:
-            out = fast_dropout(out, self.p, self._generators(x.device))
+            out = fast_dropout(out, self.p, self._generators(x.device)[self.active_slots()])
         self._last_in, self._last_out = x, out
         return out
 
@@ -180,12 +185,13 @@ class MultiLoRALinear(nn.Module):
         y = self.base(x)
         if not self.shared.enabled:
             return y
-        n = self.lora_A.shape[0]
+        sl = self.shared.active_slots()
+        a, b = self.lora_A[sl], self.lora_B[sl]  # the slots of this forward (all, or a chunk of users)
+        n = a.shape[0]
         shape = x.shape
         if shape[0] % n:
             raise ValueError(f"batch of {shape[0]} rows is not user-major over {n} users")
-        xd = self.shared.dropped(x, self.training).reshape(n, -1, shape[-1])  # (N, B*T, in)
-        a, b = self.lora_A, self.lora_B
+        xd = self.shared.dropped(x, self.training).reshape(n, -1, shape[-1])  # (n, B*T, in)
         if xd.dtype != a.dtype:
             a, b = a.to(xd.dtype), b.to(xd.dtype)
         delta = torch.bmm(torch.bmm(xd, a), b) * self.scaling  # (N, B*T, out)
@@ -328,6 +334,17 @@ class MultiLoRA(nn.Module):
             return self.model(input_ids=input_ids, use_cache=False).logits
         finally:
             self._shared.clear()
+
+    @contextlib.contextmanager
+    def slots(self, start: int, stop: int):
+        """Forwards inside run only slots ``start:stop`` (their rows of the user-major batch): user chunking. Each
+        slot keeps its own dropout stream, so a chunked pass draws exactly the masks of one stacked pass."""
+        prev = self._shared.active
+        self._shared.active = slice(start, stop)
+        try:
+            yield
+        finally:
+            self._shared.active = prev
 
     @property
     def lm_head(self) -> nn.Linear | None:
