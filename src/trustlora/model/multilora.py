@@ -211,6 +211,9 @@ def plain_lm_head(model: nn.Module) -> nn.Linear | None:
 class MultiLoRA(nn.Module):
     """Wraps a frozen causal LM so that it carries ``n_users`` stacked adapters."""
 
+    chunked_head = True
+    """Compute loss and top-k through :attr:`lm_head` in chunks (False: from full logits; benchmarks compare both)."""
+
     def __init__(
         self,
         model: nn.Module,
@@ -351,7 +354,7 @@ class MultiLoRA(nn.Module):
         """The frozen output projection when logits are exactly ``lm_head(hidden(ids))`` (then the loss is computed
         in chunks, :mod:`trustlora.loss`); None for models that post-process logits (soft-capping, logit scale) or
         whose head is not a plain linear layer (those use :meth:`forward`)."""
-        return plain_lm_head(self.model)
+        return plain_lm_head(self.model) if self.chunked_head else None
 
     def hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
         """``input_ids: [N*B, T]`` -> the decoder's last hidden states ``[N*B, T, d]`` (final norm applied), i.e.
