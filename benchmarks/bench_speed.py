@@ -5,7 +5,10 @@ variants over ``--repeats`` rounds to cancel machine noise:
 
 * ``chunked``   : the stacked step as trustlora runs it (loss and LM head in chunks, users chunked when large);
 * ``full``      : the same stacked step from full logits ([N*B*T, V] materialised, the previous path);
-* ``peft``      : N PEFT adapters stepped one after another (only at ``--peft-users``).
+* ``peft``      : N PEFT adapters stepped one after another (only at ``--peft-users``);
+* ``chunked+mallopt`` / ``chunked+NAME``: the chunked step with glibc's mmap thresholds raised (trustlora.alloc, what
+  the CLI does) or with the allocator library given by ``--preload NAME=LIB`` (LD_PRELOAD). Other variants run with
+  glibc's defaults (TRUSTLORA_MALLOC=default).
 
 Per variant: training tokens/s and MFU of a training step, tokens/s and MFU of an evaluation pass (forward of
 ``--eval-batch`` windows per user, no autograd), peak RSS. MFU = model FLOPs/s (trustlora.flops) over the GEMM peak
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -135,7 +139,12 @@ def run_peft(args) -> dict:
 
 
 def child(args) -> None:
-    res = run_peft(args) if args.variant == "peft" else run_stacked(args, chunked=args.variant == "chunked")
+    kind, _, alloc = args.variant.partition("+")
+    if alloc == "mallopt":
+        from trustlora.alloc import tune_glibc_malloc
+
+        assert tune_glibc_malloc()
+    res = run_peft(args) if kind == "peft" else run_stacked(args, chunked=kind == "chunked")
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(res))
 
@@ -158,6 +167,13 @@ def main() -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--out", default="benchmarks/results/speed.json")
+    p.add_argument(
+        "--preload",
+        action="append",
+        default=[],
+        metavar="NAME=LIB",
+        help="allocator for variants 'chunked+NAME' (LD_PRELOAD), e.g. tcmalloc=.../libtcmalloc_minimal.so.4",
+    )
     p.add_argument("--variant", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.variant:
@@ -173,6 +189,7 @@ def main() -> None:
         peaks["bf16"] = gemm_peak_gflops("bf16", repeats=10)
     peak = peaks[prec]
     print("GEMM peak (1024^3, best of 10): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
+    preload = dict(item.split("=", 1) for item in args.preload)
     ns = [int(x) for x in args.users.split(",")]
     variants = args.variants.split(",")
     results: dict[str, dict[str, list[dict]]] = {}
@@ -189,7 +206,12 @@ def main() -> None:
         for rep in range(args.repeats):
             for v in vs:
                 cmd = base + ["--users", str(n), "--variant", v]
-                proc = subprocess.run(cmd, capture_output=True, text=True)
+                tuned = v.partition("+")[2] == "mallopt"  # glibc defaults unless the variant says
+                env = dict(os.environ, TRUSTLORA_MALLOC="tuned" if tuned else "default")
+                lib = preload.get(v.partition("+")[2])
+                if lib:
+                    env["LD_PRELOAD"] = lib
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
                 if line is None:
                     res = {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
