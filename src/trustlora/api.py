@@ -23,6 +23,7 @@ import torch
 
 from trustlora import base_eval
 from trustlora import checkpoint as ckpt
+from trustlora.attacks import shuffle_tokens
 from trustlora.base_eval import model_fingerprint
 from trustlora.cache import atomic_write_json, atomic_write_text
 from trustlora.comm import InProcess
@@ -222,7 +223,11 @@ def run_users(cfg: Config, comm, ws: Workspace | None = None, progress: bool = T
     torch.manual_seed(cfg.seed + users[0])
     mm.reset_adapters(cfg.seed)
     mine = [part.users[u] for u in users]
-    data = LocalData([u.train for u in mine], [u.val for u in mine], [u.test for u in mine], part.reference)
+    train = [u.train for u in mine]
+    if cfg.attack.kind == "garbage_data":  # data poisoning: attackers train on their own tokens shuffled
+        bad = set(cfg.attack.users)
+        train = [shuffle_tokens(t, cfg.seed, u) if u in bad else t for t, u in zip(train, users, strict=True)]
+    data = LocalData(train, [u.val for u in mine], [u.test for u in mine], part.reference)
     trainer = LocalTrainer(mm, data.train, cfg.train, seed=cfg.seed, user_ids=users)
     metrics = MetricsLog(
         out / "metrics.jsonl" if main else out / f".metrics.rank{users[0]}.jsonl",
@@ -323,6 +328,8 @@ def run_users(cfg: Config, comm, ws: Workspace | None = None, progress: bool = T
         ),
         "data": part.info,
     }
+    if cfg.attack.kind != "none" and cfg.attack.users:
+        summary["attack"] = attack_summary(cfg.attack, final_test, trusts, n)
     precision = summary["precision"]
     fwd = forward_flops_per_token(mm.model, cfg.train.seq_len)
     summary["phases"] = phase_costs(
@@ -336,6 +343,27 @@ def run_users(cfg: Config, comm, ws: Workspace | None = None, progress: bool = T
     report.write_run_report(out)
     ckpt.clear(out, users[0], main)
     return out
+
+
+def attack_summary(atk, final_test: list[float], trusts: list[dict], n: int) -> dict:
+    """Honest users' mean final test ppl and the trust mass they put on attackers (final W; mean over rounds)."""
+    bad = sorted(set(atk.users))
+    honest = [i for i in range(n) if i not in bad]
+
+    def mass(w) -> float:
+        w = np.asarray(w, dtype=float)
+        return float(np.mean([w[i, bad].sum() for i in honest]))
+
+    per_round = [mass(t["W"]) for t in trusts]
+    return {
+        "users": bad,
+        "kind": atk.kind,
+        "honest_users": honest,
+        "honest_mean_test_ppl": float(np.mean([final_test[i] for i in honest])),
+        "trust_mass_on_attackers": per_round[-1] if per_round else 0.0,
+        "trust_mass_on_attackers_per_round": per_round,
+        "rejected_messages": int(sum(len(t.get("rejected") or []) for t in trusts)),
+    }
 
 
 def run_or_reuse(

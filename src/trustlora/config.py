@@ -279,6 +279,45 @@ class TrustConfig:
 
 
 @dataclass
+class FaultsConfig:
+    """Faulty peers: receiving-side message checks and (simulation) users missing rounds."""
+
+    max_norm_ratio: float = 5.0
+    """Reject a peer's update whose norm exceeds this multiple of the receiver's own update norm (0 = no bound).
+    Honest updates of users training the same number of AdamW steps have norms within ~2x of each other."""
+    dropout_prob: float = 0.0
+    """Simulation: probability that a user misses a round (seeded by seed and round): it neither sends nor
+    aggregates, keeps training locally and rejoins; present users aggregate over the peers present."""
+
+    def validate(self) -> None:
+        _check(self.max_norm_ratio >= 0, "faults.max_norm_ratio", "a number >= 0 (0 = no bound)", self.max_norm_ratio)
+        _check(0 <= self.dropout_prob < 1, "faults.dropout_prob", "a probability in [0, 1)", self.dropout_prob)
+
+
+@dataclass
+class AttackConfig:
+    """Simulated attackers (src/trustlora/attacks.py): which users lie and how."""
+
+    users: list[int] = field(default_factory=list)
+    """Global ids of the attacking users (empty = no attack)."""
+    kind: str = "none"
+    """'none', or one of: noise, scale, sign_flip, zero, copy, nan, garbage_data, fake_topk."""
+
+    def validate(self, n_users: int) -> None:
+        from trustlora.attacks import KINDS
+
+        _check(
+            self.kind == "none" or self.kind in KINDS, "attack.kind", "'none' or one of " + ", ".join(KINDS), self.kind
+        )
+        for u in self.users:
+            _check(isinstance(u, int) and 0 <= u < n_users, "attack.users", f"user ids in [0, {n_users})", u)
+        _check(len(set(self.users)) < n_users, "attack.users", "fewer attackers than users", self.users)
+        _check(
+            not self.users or self.kind != "none", "attack.kind", "an attack kind when attack.users is set", self.kind
+        )
+
+
+@dataclass
 class EvalConfig:
     """Held-out evaluation."""
 
@@ -318,6 +357,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     trust: TrustConfig = field(default_factory=TrustConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
 
     def validate(self) -> None:
         _check(isinstance(self.model, str) and self.model != "", "model", "a model name or path", self.model)
@@ -344,6 +385,8 @@ class Config:
         self.data.validate()
         self.train.validate()
         self.trust.validate()
+        self.faults.validate()
+        self.attack.validate(self.data.users)
         _check(self.eval.batch_size >= 1, "eval.batch_size", "an integer >= 1", self.eval.batch_size)
         _check(self.eval.during_tokens >= 0, "eval.during_tokens", "an integer >= 0", self.eval.during_tokens)
 
@@ -379,6 +422,8 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         (item,) = typing.get_args(tp)
         if isinstance(value, str):  # 'a,b' or '0,1' from the command line: items parsed as YAML scalars
             value = [_scalar(v.strip()) for v in value.split(",") if v.strip()]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]  # 'attack.users=1' on the command line: a one-item list
         if not isinstance(value, list):
             raise ConfigError(f"{name}: expected a list, got {value!r}")
         return [_coerce(v, item, name) for v in value]

@@ -19,9 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from trustlora.aggregate import mix_updates, mix_weights, neighbour_mask, restrict
+from trustlora.aggregate import mix_updates, mix_weights, neighbour_mask
+from trustlora.attacks import UPDATE_KINDS, fake_topk, poison_updates, round_rng
 from trustlora.comm import Communicator
 from trustlora.config import Config
+from trustlora.guard import check_messages, restrict_to, sanitize
 from trustlora.model.multilora import MultiLoRA
 from trustlora.reference import base_topk_predictions
 from trustlora.train import LocalTrainer, cross_losses, evaluate, topk_predictions
@@ -70,6 +72,9 @@ class Protocol:
         self.users = comm.local_users
         # the starting point, for relative trust calibration (theta0 is the adapters before any training: the
         # protocol is built after reset_adapters and before a checkpoint is restored)
+        attackers = set(cfg.attack.users) if cfg.attack.kind != "none" else set()
+        self.attack_slots = [a for a, u in enumerate(self.users) if u in attackers]  # local slots that lie
+        self.honest_slots = [a for a, u in enumerate(self.users) if u not in attackers]
         self.needs_reference = getattr(self.strategy, "needs_reference", lambda c: False)(cfg.trust)
         self.theta0_local = mm.get_flat().detach().clone() if self.needs_reference else None
         self._reference: dict[str, torch.Tensor] = {}
@@ -180,37 +185,100 @@ class Protocol:
         inp.base_topk_values = ref.get("topk_base_values")
         inp.base_topk_indices = ref.get("topk_base_indices")
 
-    def exchange(self, before: torch.Tensor, after: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Publish messages, compute this process's trust rows, aggregate. Returns (W rows, scores)."""
-        strat, tc = self.strategy, self.cfg.trust
-        inp = TrustInputs(users=self.users, n_users=self.comm.n_users, mixture=self.mixture)
-        if tc.topology != "full":  # scores outside the graph are dropped before normalising
-            inp.mask = neighbour_mask(self.comm.n_users, tc.topology)[self.users]
+    def present(self, r: int) -> torch.Tensor:
+        """[N] bool: who takes part in round r (``faults.dropout_prob``: each user misses a round independently,
+        seeded by (seed, round) so every process draws the same)."""
+        p = self.cfg.faults.dropout_prob
+        if p <= 0:
+            return torch.ones(self.comm.n_users, dtype=torch.bool)
+        rng = np.random.default_rng([abs(self.cfg.seed), int(self.cfg.seed < 0), r, 0x0FA17])
+        return torch.from_numpy(rng.random(self.comm.n_users) >= p)
+
+    def exchange(
+        self, before: torch.Tensor, after: torch.Tensor, r: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+        """Publish messages, check what arrives, compute this process's trust rows, aggregate.
+
+        Returns (W rows, scores, faults: {"rejected": [events], "absent": [users]}). Every message is checked at the
+        receiving side before any use (:mod:`trustlora.guard`): a rejected or absent sender weighs 0 in the rows
+        (renormalised) and its tensors are replaced by zeros; an absent user keeps its locally trained adapter.
+        """
+        strat, tc, n = self.strategy, self.cfg.trust, self.comm.n_users
+        inp = TrustInputs(users=self.users, n_users=n, mixture=self.mixture)
+        present = self.present(r)
         if self.needs_reference:
             self._starting_point(inp)
-        thetas = None
-        if "theta" in strat.needs or (tc.mode == "weight" and tc.apply and strat.exchanges):
-            thetas = self.comm.all_gather(after, "theta")
-            inp.theta = thetas.cpu()
-        if "val_cross" in strat.needs:
-            self.progress("trust: peers on val")
-            inp.val_losses = self._val_cross(thetas)
+        applying = tc.apply and strat.exchanges
+        atk, lying = self.cfg.attack, self.attack_slots and self.cfg.attack.kind in UPDATE_KINDS
+        g = round_rng(self.cfg.seed, r) if self.attack_slots else None
+        pub_delta = after - before  # what each hosted user publishes (attackers: a consistent lie)
+        if lying:
+            pub_delta = poison_updates(atk.kind, pub_delta, self.attack_slots, self.honest_slots, g)
+        pub_after = before + pub_delta if lying else after
+        msgs: dict[str, torch.Tensor] = {}
+        if "theta" in strat.needs or (tc.mode == "weight" and applying):
+            msgs["theta"] = self.comm.all_gather(pub_after, "theta").cpu()
+        if applying and tc.mode == "update":
+            msgs["delta"] = self.comm.all_gather(pub_delta, "delta")
         if "topk" in strat.needs:
             self.progress("trust: predictions on X_S")
+            if lying:
+                self.mm.set_flat(pub_after)  # attackers' predictions come from the model they claim
             v, i = self._predictions_on_reference()
-            inp.topk_values = self.comm.all_gather(v, "topk_values")
-            inp.topk_indices = self.comm.all_gather(i, "topk_indices")
+            if lying:
+                self.mm.set_flat(after)
+            if atk.kind == "fake_topk" and self.attack_slots:
+                vocab = self.mm.model.get_output_embeddings().weight.shape[0]
+                v, i = fake_topk(v, i, self.attack_slots, vocab, tc.logit_space == "probs", g)
+            msgs["topk_values"] = self.comm.all_gather(v, "topk_values")
+            msgs["topk_indices"] = self.comm.all_gather(i, "topk_indices")
+        p = after.shape[1]
+        expected = {"theta": ((p,), after.dtype), "delta": ((p,), after.dtype)}
+        if "topk_values" in msgs:
+            expected["topk_values"] = (tuple(v.shape[1:]), v.dtype)
+            expected["topk_indices"] = (tuple(i.shape[1:]), i.dtype)
+        head = self.mm.model.get_output_embeddings()
+        verdict = check_messages(
+            msgs,
+            self.users,
+            n,
+            expected,
+            own_delta=(after - before).cpu(),
+            max_norm_ratio=self.cfg.faults.max_norm_ratio,
+            vocab=head.weight.shape[0] if head is not None else None,
+            probs=tc.logit_space == "probs",
+        )
+        absent = [j for j in range(n) if not present[j]]
+        msgs = sanitize(msgs, sorted(set(verdict.bad_senders) | set(absent)))
+        accept = verdict.accept & present.view(1, -1)
+        if tc.topology != "full":  # scores outside the graph are dropped before normalising
+            accept &= neighbour_mask(n, tc.topology)[self.users]
+        accept[torch.arange(len(self.users)), torch.tensor(self.users)] = True
+        if not bool(accept.all()):
+            inp.mask = accept
+        inp.theta = msgs.get("theta")
+        inp.topk_values, inp.topk_indices = msgs.get("topk_values"), msgs.get("topk_indices")
+        if "val_cross" in strat.needs:
+            self.progress("trust: peers on val")
+            inp.val_losses = self._val_cross(msgs["theta"])
         w, scores = strat.trust(inp, tc)
-        if tc.topology != "full":
-            w = restrict(w, neighbour_mask(self.comm.n_users, tc.topology)[self.users])
-        if not tc.apply or not strat.exchanges:
-            return w, scores  # trust recorded, every user keeps its own locally trained adapter
+        w = restrict_to(w, accept, self.users)
+        for a, u in enumerate(self.users):
+            if not present[u] or a in self.attack_slots:  # missed the round / attacker: keeps its own model
+                w[a] = 0.0
+                w[a, u] = 1.0
+        faults = {"rejected": verdict.events, "absent": absent}
+        if not applying:
+            return w, scores, faults  # trust recorded, every user keeps its own locally trained adapter
         if tc.mode == "update":
-            new = mix_updates(before, self.comm.all_gather(after - before, "delta"), w)
+            new = mix_updates(before, msgs["delta"], w)
         else:
-            new = mix_weights(thetas, w)
+            new = mix_weights(msgs["theta"].to(after.device), w)
+        alone = [a for a, u in enumerate(self.users) if not present[u] or a in self.attack_slots]
+        if alone:  # their own message may have been replaced (absent, or a lie): they keep what they trained
+            new[alone] = after[alone].to(new.dtype)
         self.mm.set_flat(new.to(after.dtype))
-        return w, scores
+        return w, scores, faults
 
     def message_sizes(self, after: torch.Tensor) -> dict[str, int]:
         """Bytes one user would send per round for each message kind (paper Table 5), whatever the strategy."""
@@ -247,7 +315,7 @@ class Protocol:
         after = self.mm.get_flat()
         self.comm.reset_bytes()
         t1, pos1 = time.perf_counter(), self.mm.positions
-        w, scores = self.exchange(before, after)
+        w, scores, faults = self.exchange(before, after, r)
         self.record(
             {
                 "kind": "trust",
@@ -261,6 +329,8 @@ class Protocol:
                 "quality": None if self.mixture is None else trust_quality(w, self.users, self.mixture),
                 "scores": None if scores is None else scores.tolist(),
                 "bytes": self.comm.sent_bytes(),
+                "rejected": faults["rejected"],  # messages dropped by the receiving-side checks (trustlora.guard)
+                "absent": faults["absent"],  # users who missed this round (faults.dropout_prob)
                 "bytes_equiv": self.message_sizes(after),
             }
         )

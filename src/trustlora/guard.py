@@ -1,0 +1,120 @@
+"""Receiving-side checks of peers' messages, before any use (pure tensor functions).
+
+    verdict = check_messages(msgs, rows=[0, 1, 2], n_users=N, expected=shapes, own_delta=delta[rows],
+                             max_norm_ratio=5.0, vocab=49152, probs=True)
+    msgs = sanitize(msgs, verdict.bad_senders)      # rejected senders' tensors replaced by zeros
+    W = restrict_to(W, verdict.accept, rows)        # rejected peers weigh 0, rows renormalised
+
+A message kind is a tensor ``[N, ...]`` (one slice per sender). A sender's slice is rejected for everyone when it
+has the wrong dtype or shape, a non-finite entry, top-k ids outside the vocabulary or top-k probabilities outside
+[0, 1]; its update ``delta`` is rejected by receiver i alone when its norm exceeds ``max_norm_ratio`` x the norm of
+i's own update (0 = no bound). Every rejection is an event ``{"sender", "kind", "reason", "receivers"}``. Self is
+always accepted (a user's own message never crosses the network), so no row is ever empty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Verdict:
+    accept: torch.Tensor
+    """[n_local, N] bool: whom each local user takes messages from this round."""
+    events: list[dict] = field(default_factory=list)
+
+    @property
+    def bad_senders(self) -> list[int]:
+        """Senders rejected by every receiver for malformed content (their tensors must not be used at all)."""
+        return sorted({e["sender"] for e in self.events if e["receivers"] == "all"})
+
+
+def _reject(accept: torch.Tensor, events: list[dict], sender: int, kind: str, reason: str, receivers) -> None:
+    if receivers == "all":
+        accept[:, sender] = False
+    else:
+        for a in receivers:
+            accept[a, sender] = False
+    events.append(
+        {
+            "sender": int(sender),
+            "kind": kind,
+            "reason": reason,
+            "receivers": receivers if receivers == "all" else [int(a) for a in receivers],
+        }
+    )
+
+
+def check_messages(
+    msgs: dict[str, torch.Tensor],
+    rows: list[int],
+    n_users: int,
+    expected: dict[str, tuple[tuple[int, ...], torch.dtype]],
+    own_delta: torch.Tensor | None = None,
+    max_norm_ratio: float = 0.0,
+    vocab: int | None = None,
+    probs: bool = True,
+) -> Verdict:
+    """Check every sender's slice of every message kind; see the module docstring."""
+    accept = torch.ones(len(rows), n_users, dtype=torch.bool)
+    events: list[dict] = []
+    bad: set[int] = set()
+    for kind, t in msgs.items():
+        shape, dtype = expected[kind]
+        if t.shape[0] != n_users:
+            raise ValueError(f"message kind '{kind}': expected one slice per user ({n_users}), got {t.shape[0]}")
+        for j in range(n_users):
+            if j in bad:
+                continue
+            x = t[j]
+            reason = None
+            if x.dtype != dtype:
+                reason = f"dtype {x.dtype}, expected {dtype}"
+            elif tuple(x.shape) != tuple(shape):
+                reason = f"shape {list(x.shape)}, expected {list(shape)}"
+            elif x.is_floating_point() and not torch.isfinite(x).all():
+                reason = "non-finite values"
+            elif kind == "topk_indices" and vocab is not None and ((x < 0) | (x >= vocab)).any():
+                reason = f"token ids outside [0, {vocab})"
+            elif kind == "topk_values" and probs and ((x < 0) | (x > 1 + 1e-3)).any():
+                reason = "probabilities outside [0, 1]"
+            if reason is not None:
+                bad.add(j)
+                _reject(accept, events, j, kind, reason, "all")
+    if own_delta is not None and max_norm_ratio > 0 and "delta" in msgs:
+        norms = msgs["delta"].double().flatten(1).norm(dim=1)  # [N]
+        own = own_delta.double().flatten(1).norm(dim=1)  # [n_local]
+        for j in range(n_users):
+            if j in bad:
+                continue
+            over = [a for a in range(len(rows)) if rows[a] != j and norms[j] > max_norm_ratio * own[a].clamp_min(1e-12)]
+            if over:
+                ratio = float(norms[j] / own[over].clamp_min(1e-12).min())
+                _reject(accept, events, j, "delta", f"update norm {ratio:.1f}x the receiver's own", over)
+    accept[torch.arange(len(rows)), torch.tensor(rows, dtype=torch.long)] = True
+    return Verdict(accept=accept, events=events)
+
+
+def sanitize(msgs: dict[str, torch.Tensor], bad_senders: list[int]) -> dict[str, torch.Tensor]:
+    """Copies of the message tensors with the rejected senders' slices set to zeros (never read: weight 0)."""
+    if not bad_senders:
+        return msgs
+    out = {}
+    for kind, t in msgs.items():
+        c = t.clone()
+        c[bad_senders] = 0
+        out[kind] = c
+    return out
+
+
+def restrict_to(w: torch.Tensor, accept: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """W with non-accepted entries set to 0 and every row renormalised; a row left with no weight (all of it was on
+    rejected peers) falls back to self alone (``rows[a]``: the global index of row a's user)."""
+    out = torch.where(accept, w.double(), torch.zeros_like(w, dtype=torch.float64))
+    out = torch.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0.0)
+    sums = out.sum(1, keepdim=True)
+    own = torch.zeros_like(out)
+    own[torch.arange(len(rows)), torch.tensor(rows, dtype=torch.long)] = 1.0
+    return torch.where(sums > 0, out / sums.clamp_min(1e-300), own)

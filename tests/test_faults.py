@@ -1,0 +1,150 @@
+"""Faulty and lying peers: receiving-side checks (trustlora.guard), absent users, simulated attacks."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from trustlora import api
+from trustlora.attacks import KINDS, fake_topk, poison_updates
+from trustlora.config import ConfigError, load_config
+from trustlora.guard import check_messages, restrict_to, sanitize
+
+N, P = 4, 6
+
+
+def _msgs():
+    g = torch.Generator().manual_seed(0)
+    delta = torch.randn(N, P, generator=g)
+    return {
+        "delta": delta,
+        "topk_values": torch.softmax(torch.randn(N, 5, 3, generator=g), -1),
+        "topk_indices": torch.randint(0, 50, (N, 5, 3), generator=g, dtype=torch.int32),
+    }
+
+
+def _expected(m):
+    return {k: (tuple(v.shape[1:]), v.dtype) for k, v in m.items()}
+
+
+def test_clean_messages_are_all_accepted():
+    m = _msgs()
+    v = check_messages(m, [0, 1, 2, 3], N, _expected(m), own_delta=m["delta"], max_norm_ratio=5.0, vocab=50)
+    assert bool(v.accept.all()) and v.events == []
+
+
+def test_nan_wrong_ids_and_oversized_updates_are_rejected_and_recorded():
+    m = _msgs()
+    exp = _expected(m)
+    m["delta"][1, 2] = float("nan")
+    m["topk_indices"][2, 0, 0] = 50  # outside the vocabulary
+    m["delta"][3] *= 100.0  # oversized
+    v = check_messages(m, [0, 1, 2, 3], N, exp, own_delta=m["delta"].nan_to_num(), max_norm_ratio=5.0, vocab=50)
+    reasons = {(e["sender"], e["kind"]): e for e in v.events}
+    assert reasons[(1, "delta")]["reason"] == "non-finite values" and reasons[(1, "delta")]["receivers"] == "all"
+    assert "token ids" in reasons[(2, "topk_indices")]["reason"]
+    assert reasons[(3, "delta")]["receivers"] == [0, 1, 2]  # by everyone but itself
+    assert v.bad_senders == [1, 2]
+    assert not v.accept[0, 1] and not v.accept[0, 2] and not v.accept[0, 3]
+    assert bool(v.accept.diagonal().all())  # self is always accepted
+    clean = sanitize(m, v.bad_senders)
+    assert torch.isfinite(clean["delta"]).all() and torch.equal(clean["delta"][1], torch.zeros(P))
+    assert torch.isnan(m["delta"][1]).any()  # the input is not modified
+
+
+def test_wrong_dtype_and_shape_are_rejected():
+    m = _msgs()
+    exp = dict(_expected(m))
+    exp["delta"] = ((P + 1,), torch.float32)
+    v = check_messages(m, [0], N, exp)
+    assert {e["sender"] for e in v.events} == {0, 1, 2, 3} and all("shape" in e["reason"] for e in v.events)
+    exp = dict(_expected(m))
+    exp["topk_values"] = ((5, 3), torch.float64)
+    v = check_messages(m, [0], N, exp)
+    assert all("dtype" in e["reason"] for e in v.events)
+
+
+def test_restrict_to_renormalises_and_falls_back_to_self():
+    w = torch.tensor([[0.5, 0.25, 0.25], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    accept = torch.tensor([[True, True, False], [True, True, False]])
+    out = restrict_to(w, accept, [0, 1])
+    torch.testing.assert_close(out, torch.tensor([[2 / 3, 1 / 3, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64))
+    nan_w = torch.tensor([[float("nan"), 0.5, 0.5]], dtype=torch.float64)
+    out = restrict_to(nan_w, torch.tensor([[True, True, True]]), [0])
+    assert torch.isfinite(out).all() and abs(float(out.sum()) - 1) < 1e-12
+
+
+def test_poison_updates_kinds():
+    d = torch.randn(3, P, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(2)
+    assert torch.equal(poison_updates("scale", d, [1], [0, 2], g)[1], d[1] * 10)
+    assert torch.equal(poison_updates("sign_flip", d, [1], [0, 2], g)[1], -d[1])
+    assert torch.equal(poison_updates("zero", d, [1], [0, 2], g)[1], torch.zeros(P))
+    assert torch.equal(poison_updates("copy", d, [1], [0, 2], g)[1], d[0])
+    assert torch.isnan(poison_updates("nan", d, [1], [0, 2], g)[1]).all()
+    noise = poison_updates("noise", d, [1], [0, 2], g)
+    assert math.isclose(float(noise[1].norm()), float(d[1].norm()), rel_tol=1e-5) and torch.equal(noise[0], d[0])
+    v, i = fake_topk(torch.rand(2, 4, 3), torch.zeros(2, 4, 3, dtype=torch.int32), [0], 50, True, g)
+    assert (i[0] != 0).any() and torch.equal(i[1], torch.zeros(4, 3, dtype=torch.int32))
+    assert bool((v[0].sum(1) <= 1 + 1e-6).all())
+
+
+def _run(overrides, tmp_path, name, extra):
+    cfg = load_config(None, list(overrides) + [f"out={tmp_path / name}"] + list(extra))
+    run_dir = api.run(cfg, progress=False, log=lambda *a: None)
+    recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return run_dir, recs, json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "predictions", "validation", "weights"])
+def test_nan_attacker_never_poisons_anyone(tiny_overrides, tmp_path, strategy):
+    """A peer publishing NaN is rejected every round, gets weight 0, and every model and ppl stays finite."""
+    run_dir, recs, s = _run(
+        tiny_overrides, tmp_path, strategy, [f"strategy={strategy}", "attack.users=1", "attack.kind=nan"]
+    )
+    trust = [r for r in recs if r["kind"] == "trust"]
+    for r in trust:
+        assert any(e["sender"] == 1 and e["reason"] == "non-finite values" for e in r["rejected"])
+        w = torch.tensor(r["W"])
+        assert float(w[0, 1]) == 0.0 and float(w[2, 1]) == 0.0
+        torch.testing.assert_close(w.sum(1), torch.ones(3, dtype=w.dtype))
+    assert all(math.isfinite(x) for x in s["final_test_ppl"])
+    assert s["attack"]["users"] == [1] and s["attack"]["trust_mass_on_attackers"] == 0.0
+    assert s["attack"]["rejected_messages"] >= len(trust)
+    assert math.isclose(s["attack"]["honest_mean_test_ppl"], (s["final_test_ppl"][0] + s["final_test_ppl"][2]) / 2)
+
+
+def test_scaled_update_is_rejected_by_the_norm_bound(tiny_overrides, tmp_path):
+    _, recs, s = _run(tiny_overrides, tmp_path, "scale", ["strategy=fedavg", "attack.users=2", "attack.kind=scale"])
+    trust = [r for r in recs if r["kind"] == "trust"]
+    assert all(any(e["sender"] == 2 and e["kind"] == "delta" for e in r["rejected"]) for r in trust)
+    assert s["attack"]["trust_mass_on_attackers"] == 0.0
+
+
+def test_absent_users_keep_rows_stochastic_over_present_peers(tiny_overrides, tmp_path):
+    _, recs, s = _run(tiny_overrides, tmp_path, "drop", ["strategy=fedavg", "faults.dropout_prob=0.5"])
+    trust = [r for r in recs if r["kind"] == "trust"]
+    assert any(r["absent"] for r in trust)  # seeded: some user misses some round
+    for r in trust:
+        w = torch.tensor(r["W"])
+        torch.testing.assert_close(w.sum(1), torch.ones(3, dtype=w.dtype))
+        for j in r["absent"]:
+            assert float(w[j, j]) == 1.0  # an absent user trains alone
+            for i in range(3):
+                if i != j:
+                    assert float(w[i, j]) == 0.0  # nobody takes its update
+        present = [i for i in range(3) if i not in r["absent"]]
+        for i in present:
+            torch.testing.assert_close(w[i, present], torch.full((len(present),), 1 / len(present), dtype=w.dtype))
+    assert all(math.isfinite(x) for x in s["final_test_ppl"])
+
+
+def test_attack_config_errors():
+    assert "garbage_data" in KINDS
+    with pytest.raises(ConfigError, match="attack.kind"):
+        load_config(None, ["attack.users=0", "attack.kind=bribe"])
+    with pytest.raises(ConfigError, match="attack.users"):
+        load_config(None, ["data.users=3", "attack.users=0,1,2", "attack.kind=nan"])
+    with pytest.raises(ConfigError, match="attack.kind"):
+        load_config(None, ["attack.users=0"])
