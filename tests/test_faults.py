@@ -148,3 +148,62 @@ def test_attack_config_errors():
         load_config(None, ["data.users=3", "attack.users=0,1,2", "attack.kind=nan"])
     with pytest.raises(ConfigError, match="attack.kind"):
         load_config(None, ["attack.users=0"])
+
+
+def test_robust_aggregators_math():
+    from trustlora.aggregate import coordinate_median, krum_select, trimmed_mean
+
+    d = torch.tensor([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0], [1000.0, -1000.0]])
+    acc = torch.tensor([[True, True, True, True], [True, True, True, False]])
+    med = coordinate_median(d, acc)
+    torch.testing.assert_close(med, torch.tensor([[2.0, 10.0], [2.0, 20.0]]))
+    tm = trimmed_mean(d, acc[:1], 0.25)  # drops the largest and smallest of 4 per coordinate
+    torch.testing.assert_close(tm, torch.tensor([[2.5, 15.0]]))
+    assert krum_select(d, [0, 1, 2, 3], f=1, m=1) in ([0], [1])  # an honest update, never the outlier
+    assert krum_select(d, [0, 1, 2, 3], f=0, m=1) == [1]  # with 1 neighbour of 4-0-2=2: the central one
+    assert 3 not in krum_select(d, [0, 1, 2, 3], f=1, m=3)
+
+
+@pytest.mark.parametrize("strategy", ["median", "trimmed_mean", "krum"])
+def test_robust_strategies_run_and_resist_a_sign_flip(tiny_overrides, tmp_path, strategy):
+    _, recs, s = _run(
+        tiny_overrides, tmp_path, strategy, [f"strategy={strategy}", "attack.users=0", "attack.kind=sign_flip"]
+    )
+    assert all(math.isfinite(x) for x in s["final_test_ppl"])
+    assert s["attack"]["honest_mean_test_ppl"] < s["base_mean_test_ppl"]  # honest users still learn
+    for r in (r for r in recs if r["kind"] == "trust"):
+        w = torch.tensor(r["W"])
+        torch.testing.assert_close(w.sum(1), torch.ones(3, dtype=w.dtype))
+
+
+def test_robustness_command_table(tiny_overrides, tmp_path, capsys):
+    """clean + attacked runs per strategy; the table compares the same honest users."""
+    from trustlora.cli import main
+
+    out = tmp_path / "robust"
+    args = [
+        "robustness",
+        "--no-progress",
+        "--attacks",
+        "nan,zero",
+        "strategies=fedavg,median",
+        "attack.users=2",
+        f"out={out}",
+    ]
+    assert main(args + list(tiny_overrides)) == 0
+    rows = json.loads((out / "robustness.json").read_text())["rows"]
+    assert {(r["attack"], r["strategy"]) for r in rows} == {
+        (a, s) for a in ("nan", "zero") for s in ("fedavg", "median")
+    }
+    for r in rows:
+        assert r["clean_honest_mean_test_ppl"] is not None and math.isfinite(r["honest_mean_test_ppl"])
+        clean = json.loads((out / "clean" / f"{r['strategy']}-seed0" / "summary.json").read_text())
+        assert math.isclose(
+            r["clean_honest_mean_test_ppl"], (clean["final_test_ppl"][0] + clean["final_test_ppl"][1]) / 2
+        )
+    nan_fed = next(r for r in rows if r["attack"] == "nan" and r["strategy"] == "fedavg")
+    assert nan_fed["trust_mass_on_attackers"] == 0.0 and nan_fed["rejected_messages"] > 0
+    assert "trust on attackers" in (out / "robustness.md").read_text()
+    assert main(["robustness", "--attacks", "bribe", *tiny_overrides]) == 2
+    assert "--attacks" in capsys.readouterr().err
+    assert main(["robustness", "--attacks", "nan", *tiny_overrides, f"out={tmp_path / 'x'}"]) == 2  # no attackers

@@ -45,7 +45,17 @@ def _dense(vals, idx, v=20):
 
 
 def test_registry_lists_six_and_rejects_unknown():
-    assert names() == ["local", "fedavg", "oracle", "weights", "validation", "predictions"]
+    assert names() == [
+        "local",
+        "fedavg",
+        "oracle",
+        "weights",
+        "validation",
+        "predictions",
+        "median",
+        "trimmed_mean",
+        "krum",
+    ]
     with pytest.raises(ConfigError, match="unknown strategy 'nope'.*local, fedavg"):
         get("nope")
 

@@ -55,3 +55,41 @@ def restrict(w: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     if (sums <= 0).any():
         raise ValueError("a user has no trusted neighbour left after restricting W to the graph")
     return out / sums
+
+
+# ---- robust global aggregation (baselines for faulty peers; every receiver uses the senders it accepts) ----------
+
+
+def coordinate_median(deltas: torch.Tensor, accept: torch.Tensor) -> torch.Tensor:
+    """Per receiver a, the coordinate-wise median of the accepted updates: deltas [N, P], accept [n, N] -> [n, P]."""
+    out = []
+    for row in accept:
+        out.append(deltas[row.to(deltas.device)].median(dim=0).values)  # lower median for an even count
+    return torch.stack(out)
+
+
+def trimmed_mean(deltas: torch.Tensor, accept: torch.Tensor, trim: float) -> torch.Tensor:
+    """Coordinate-wise mean after dropping the ``floor(trim * m)`` largest and smallest of the m accepted values."""
+    out = []
+    for row in accept:
+        d = deltas[row.to(deltas.device)]
+        m = d.shape[0]
+        k = min(int(trim * m), (m - 1) // 2)
+        s = d.sort(dim=0).values
+        out.append(s[k : m - k].mean(dim=0))
+    return torch.stack(out)
+
+
+def krum_select(deltas: torch.Tensor, candidates: list[int], f: int, m: int) -> list[int]:
+    """(Multi-)Krum: the ``m`` candidates whose summed squared distance to their ``len - f - 2`` nearest other
+    candidates is smallest (Blanchard et al. 2017); with fewer than ``f + 3`` candidates, the closest-to-all."""
+    x = deltas[candidates].double()
+    d2 = torch.cdist(x, x).pow(2)
+    c = len(candidates)
+    nn = max(1, c - f - 2)
+    scores = []
+    for a in range(c):
+        others = torch.cat([d2[a, :a], d2[a, a + 1 :]])
+        scores.append(float(others.sort().values[: min(nn, len(others))].sum()) if len(others) else 0.0)
+    order = sorted(range(c), key=lambda a: (scores[a], candidates[a]))
+    return [candidates[a] for a in order[: max(1, min(m, c))]]

@@ -4,6 +4,7 @@
     trustlora compare [--config FILE] [strategies=a,b] [seeds=0,1] [key=value ...]
     trustlora data stats [--config FILE] [key=value ...]          per-user token counts + Jaccard table
     trustlora scale --users 6,12,24 [--config FILE] [strategies=a,b] [key=value ...]   ppl + trust quality per N
+    trustlora robustness --attacks nan,scale attack.users=0,4 [--config FILE] [strategies=a,b]   attack table
     trustlora report RUN_DIR                                       re-render report.md and figures
     trustlora analyze {table4,trust,bytes,topology,placement} DIR... paper tables/figures from finished runs
 
@@ -56,10 +57,10 @@ def cmd_run(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from trustlora.trust import names
+    from trustlora.trust import default_compare
 
     base_cfg = load_config(args.config, args.overrides)
-    strategies = base_cfg.strategies or names()
+    strategies = base_cfg.strategies or default_compare()
     seeds = base_cfg.seeds or [base_cfg.seed]
     out = Path(base_cfg.out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
     overrides = [o for o in args.overrides if parse_override(o)[0] != "out"]
@@ -140,6 +141,21 @@ def cmd_scale(args) -> int:
     return 0
 
 
+def cmd_robustness(args) -> int:
+    from trustlora.robustness import parse_attacks, run_robustness
+
+    attacks = parse_attacks(args.attacks)
+    if args.dry_run:
+        print(dump_yaml(load_config(args.config, args.overrides)), end="")
+        print(f"# attacks: {attacks}")
+        return 0
+    _quiet_libraries()
+    out = run_robustness(args.config, args.overrides, attacks, progress=not args.no_progress)
+    print((out / "robustness.md").read_text())
+    print(f"robustness table written to {out}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from trustlora import report
 
@@ -185,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("scale", help="run strategies at several numbers of users; ppl and trust quality per N")
     common(sc)
     sc.add_argument("--users", required=True, metavar="N1,N2", help="numbers of users, e.g. 6,12,24,48")
+    rb = sub.add_parser("robustness", help="attack kinds x strategies vs the runs without attackers; table")
+    common(rb)
+    rb.add_argument("--attacks", required=True, metavar="K1,K2", help="attack kinds, e.g. nan,scale,sign_flip")
     dp = sub.add_parser("data", help="data tools")
     dsub = dp.add_subparsers(dest="data_command", required=True)
     st = dsub.add_parser("stats", help="per-user token counts and Jaccard overlap")
@@ -215,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"run": cmd_run, "compare": cmd_compare, "data": cmd_data, "sweep": cmd_sweep, "report": cmd_report}
     handlers["scale"] = cmd_scale
     handlers["analyze"] = cmd_analyze
+    handlers["robustness"] = cmd_robustness
     try:
         return handlers[args.command](args)
     except ConfigError as e:

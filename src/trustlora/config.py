@@ -234,6 +234,12 @@ class TrustConfig:
     """Strategy 'validation': tokens of each user's val split scored by every peer model (N^2 evaluations)."""
     val_metric: str = "loss"
     """Strategy 'validation': 'loss' (mean CE, default) or 'ppl' (perplexity, official code)."""
+    trim: float = 0.2
+    """Strategy 'trimmed_mean': fraction of the largest and of the smallest values dropped per coordinate."""
+    byzantine: int | str = "auto"
+    """Strategy 'krum': f, the number of faulty peers to tolerate ('auto' = floor((N - 3) / 2))."""
+    krum_select: int = 1
+    """Strategy 'krum': updates averaged (1 = Krum; more = multi-Krum)."""
     val_reference: str = "self"
     """Strategy 'validation', relative scale: what z = 0 is. 'self' (default): the user's own model's CE, so every
     peer at least as good as it shares the top weight; 'best': the best model in the row (self competes)."""
@@ -275,6 +281,19 @@ class TrustConfig:
             self.val_tokens,
         )
         _check(self.val_metric in ("loss", "ppl"), "trust.val_metric", "'loss' or 'ppl'", self.val_metric)
+        _check(0 <= self.trim < 0.5, "trust.trim", "a fraction in [0, 0.5)", self.trim)
+        _check(
+            self.byzantine == "auto" or (isinstance(self.byzantine, int) and self.byzantine >= 0),
+            "trust.byzantine",
+            "an integer >= 0 or 'auto'",
+            self.byzantine,
+        )
+        _check(
+            isinstance(self.krum_select, int) and self.krum_select >= 1,
+            "trust.krum_select",
+            "an integer >= 1",
+            self.krum_select,
+        )
         _check(self.val_reference in ("self", "best"), "trust.val_reference", "'self' or 'best'", self.val_reference)
 
 

@@ -218,7 +218,7 @@ class Protocol:
         msgs: dict[str, torch.Tensor] = {}
         if "theta" in strat.needs or (tc.mode == "weight" and applying):
             msgs["theta"] = self.comm.all_gather(pub_after, "theta").cpu()
-        if applying and tc.mode == "update":
+        if (applying and tc.mode == "update") or "delta" in strat.needs:
             msgs["delta"] = self.comm.all_gather(pub_delta, "delta")
         if "topk" in strat.needs:
             self.progress("trust: predictions on X_S")
@@ -258,6 +258,8 @@ class Protocol:
             inp.mask = accept
         inp.theta = msgs.get("theta")
         inp.topk_values, inp.topk_indices = msgs.get("topk_values"), msgs.get("topk_indices")
+        if "delta" in strat.needs:
+            inp.extra["delta"] = msgs["delta"].cpu()
         if "val_cross" in strat.needs:
             self.progress("trust: peers on val")
             inp.val_losses = self._val_cross(msgs["theta"])
@@ -270,7 +272,14 @@ class Protocol:
         faults = {"rejected": verdict.events, "absent": absent}
         if not applying:
             return w, scores, faults  # trust recorded, every user keeps its own locally trained adapter
-        if tc.mode == "update":
+        robust = getattr(strat, "aggregate", None)
+        if robust is not None:  # not a weighted average (median, trimmed mean): the strategy aggregates itself
+            own_acc = accept.to(after.device)
+            if tc.mode == "update":
+                new = robust(before, msgs["delta"], own_acc, tc)
+            else:
+                new = robust(torch.zeros_like(before), msgs["theta"].to(after.device), own_acc, tc)
+        elif tc.mode == "update":
             new = mix_updates(before, msgs["delta"], w)
         else:
             new = mix_weights(msgs["theta"].to(after.device), w)

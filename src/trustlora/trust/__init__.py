@@ -53,7 +53,7 @@ class TrustInputs:
 class Strategy(Protocol):
     name: str
     needs: tuple[str, ...]
-    """Message kinds this strategy consumes: 'theta', 'val_cross', 'topk'.
+    """Message kinds this strategy consumes: 'theta', 'val_cross', 'topk', 'delta' (updates, in ``extra``).
 
     Strategies with a relative calibration also define ``needs_reference(cfg) -> bool`` (whether the trust step
     needs the starting point) and ``reference``: which one ('theta0': every user's initial adapter; 'val_base':
@@ -62,7 +62,10 @@ class Strategy(Protocol):
     """Whether users exchange updates at all (False only for local training)."""
 
     def trust(self, inp: TrustInputs, cfg: TrustConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Return (W rows [n_local, N] float64, raw scores [n_local, N] or None)."""
+        """Return (W rows [n_local, N] float64, raw scores [n_local, N] or None).
+
+        A strategy whose step is not a weighted average (coordinate-wise median, trimmed mean) also defines
+        ``aggregate(before [n, P], deltas [N, P], accept [n, N] bool, cfg) -> [n, P]``, used instead of W."""
         ...
 
 
@@ -88,6 +91,16 @@ def get(name: str) -> Strategy:
 
 # one module per strategy; importing registers it (order = display order)
 from trustlora.trust import fedavg, local, oracle, predictions, validation, weights  # noqa: E402, F401, I001
+from trustlora.trust import krum, median, trimmed_mean  # noqa: E402, F401, I001
 
-_ORDER = ["local", "fedavg", "oracle", "weights", "validation", "predictions"]
+PAPER = ["local", "fedavg", "oracle", "weights", "validation", "predictions"]
+"""The paper's strategies: what ``trustlora compare`` runs by default."""
+ROBUST = ["median", "trimmed_mean", "krum"]
+"""Robust global aggregation baselines (faulty / adversarial peers)."""
+_ORDER = PAPER + ROBUST
 _REGISTRY = {k: _REGISTRY[k] for k in _ORDER if k in _REGISTRY} | _REGISTRY
+
+
+def default_compare() -> list[str]:
+    """Strategies ``trustlora compare`` runs when ``strategies`` is not set: the paper's six."""
+    return [n for n in PAPER if n in _REGISTRY]

@@ -1,0 +1,27 @@
+"""Strategy 'trimmed_mean' (robust baseline): coordinate-wise mean of the accepted updates after dropping the
+``trust.trim`` fraction of largest and of smallest values per coordinate (Yin et al. 2018). Global aggregation;
+W records uniform weight over the accepted senders (bookkeeping only)."""
+
+from __future__ import annotations
+
+import torch
+
+from trustlora.aggregate import trimmed_mean
+from trustlora.trust.median import uniform_rows
+
+
+class TrimmedMean:
+    name = "trimmed_mean"
+    needs: tuple[str, ...] = ()
+    exchanges = True
+
+    def trust(self, inp, cfg):
+        return uniform_rows(inp.mask, len(inp.users), inp.n_users), None
+
+    def aggregate(self, before: torch.Tensor, deltas: torch.Tensor, accept: torch.Tensor, cfg) -> torch.Tensor:
+        return before + trimmed_mean(deltas, accept, cfg.trim).to(before.dtype)
+
+
+from trustlora.trust import register  # noqa: E402
+
+register(TrimmedMean())
