@@ -86,11 +86,11 @@ def test_validation_self_reference_keeps_equally_good_peers_together():
     # CE of model j on user 0's val: own 2.10, same-category peer 2.05 (best, by noise), others 2.30; base 2.50
     row = torch.tensor([[2.10, 2.30, 2.30, 2.05, 2.31, 2.29]], dtype=torch.float64)
     inp = TrustInputs(users=[0], n_users=6, val_losses=row, val_base_losses=torch.tensor([2.50], dtype=torch.float64))
-    w, _ = get("validation").trust(inp, TrustConfig())
+    w, _ = get("validation").trust(inp, TrustConfig(val_reference="self", temperature=0.1))
     same = w[0, [0, 3]]
     assert torch.allclose(same[0], same[1])  # the better peer does not outrank self
     assert float(same.sum()) > 0.9 and all(float(w[0, j]) < 0.05 for j in range(6) if cats[j] != 0)
-    w_best, _ = get("validation").trust(inp, TrustConfig(val_reference="best"))
+    w_best, _ = get("validation").trust(inp, TrustConfig(val_reference="best", temperature=0.1))
     assert float(w_best[0, 3]) > 1.5 * float(w_best[0, 0])  # 'best': the lucky peer takes more than self
 
 
@@ -134,12 +134,25 @@ def test_validation_relative_uses_gain_over_base():
     # user 0's val: own model and peer 1 gain 1 nat over base, peers 2..3 gain only 0.1
     losses = torch.tensor([[4.0, 4.02, 4.9, 4.9]], dtype=torch.float64)
     inp = TrustInputs(users=[0], n_users=4, val_losses=losses, val_base_losses=torch.tensor([5.0], dtype=torch.float64))
-    w, _ = get("validation").trust(inp, TrustConfig())
+    cfg = TrustConfig(temperature=0.1)
+    w, _ = get("validation").trust(inp, cfg)
     assert float(w[0, :2].sum()) > 0.99
     # the same CE gaps with a 10x larger gain over base count 10x less
     inp.val_base_losses = torch.tensor([14.0], dtype=torch.float64)
-    w2, _ = get("validation").trust(inp, TrustConfig())
+    w2, _ = get("validation").trust(inp, cfg)
     assert float(w2[0, 2]) > float(w[0, 2]) * 100
+    # temperature auto = validation's own default (0.3): a peer 0.3 of the gain behind the best gets 1/e of it
+    from trustlora.trust.validation import VALIDATION_TEMPERATURE
+
+    inp = TrustInputs(
+        users=[0],
+        n_users=2,
+        val_losses=torch.tensor([[4.0, 4.3]], dtype=torch.float64),
+        val_base_losses=torch.tensor([5.0], dtype=torch.float64),
+    )
+    w3, _ = get("validation").trust(inp, TrustConfig())
+    assert VALIDATION_TEMPERATURE == 0.3
+    np.testing.assert_allclose(float(w3[0, 1] / w3[0, 0]), np.exp(-1.0), rtol=1e-9)
 
 
 def test_temperature_auto_and_validation():

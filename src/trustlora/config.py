@@ -202,8 +202,9 @@ class TrustConfig:
     """How trust scores become the row-stochastic W and how W is applied."""
 
     temperature: float | str = "auto"
-    """Softmax temperature tau, or 'auto': the calibration's default (0.1 for scale 'relative', where tau is a
-    fraction of a user's own movement; 1.0 for the paper-style scales, as in the paper)."""
+    """Softmax temperature tau, or 'auto': the calibration's default (scale 'relative', where tau is a fraction of a
+    user's own movement: 0.1 for weights and predictions, 0.3 for validation, each chosen on val ppl; 1.0 for the
+    paper-style scales, as in the paper)."""
     normaliser: str = "softmax"
     """'softmax', 'topk' (softmax over the top_peers best) or 'threshold'."""
     top_peers: int = 2
@@ -240,9 +241,10 @@ class TrustConfig:
     """Strategy 'krum': f, the number of faulty peers to tolerate ('auto' = floor((N - 3) / 2))."""
     krum_select: int = 1
     """Strategy 'krum': updates averaged (1 = Krum; more = multi-Krum)."""
-    val_reference: str = "self"
-    """Strategy 'validation', relative scale: what z = 0 is. 'self' (default): the user's own model's CE, so every
-    peer at least as good as it shares the top weight; 'best': the best model in the row (self competes)."""
+    val_reference: str = "best"
+    """Strategy 'validation', relative scale: what z = 0 is. 'best' (default): the best model in the row (self
+    competes like any peer); 'self': the user's own model's CE, so every peer at least as good as it shares the top
+    weight (more oracle-like W, slightly worse val ppl in our measurements; src/trustlora/trust/validation.py)."""
 
     def validate(self) -> None:
         _check(
