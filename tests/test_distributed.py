@@ -79,3 +79,27 @@ def test_distributed_resume_after_crash(tiny_overrides, tmp_path, monkeypatch):
         return [(r["kind"], r["round"], r.get("split")) for r in map(json.loads, (d / "metrics.jsonl").open())]
 
     assert events(crash) == events(ref)
+
+
+def test_killed_process_gives_clear_error_and_clean_resume(tiny_overrides, tmp_path, monkeypatch):
+    """SIGKILL of the process hosting users 1-2 before round 3: one line naming the rank and the last committed
+    round, fast (no hang until the timeout); the same command then resumes to the unbroken run's result."""
+    import time
+
+    from trustlora.config import RunError
+
+    over = tiny_overrides + ["strategy=fedavg", "runtime=distributed", "world_size=2", "comm.timeout=60"]
+    ref = api.run(load_config(None, over + [f"out={tmp_path / 'ref'}"]), progress=False, log=lambda *a: None)
+    crash = tmp_path / "crash"
+    monkeypatch.setenv("TRUSTLORA_KILL_AT_ROUND", "1:3")
+    t0 = time.time()
+    with pytest.raises(RunError) as err:
+        api.run(load_config(None, over + [f"out={crash}"]), progress=False, log=lambda *a: None)
+    msg = str(err.value)
+    assert "rank 1 (users 1-2) was killed by SIGKILL" in msg and "last committed round is 2 of 3" in msg, msg
+    assert "\n" not in msg and time.time() - t0 < 60
+    monkeypatch.delenv("TRUSTLORA_KILL_AT_ROUND")
+    resumed = api.run(load_config(None, over + [f"out={crash}"]), progress=False, log=lambda *a: None)
+    s_ref = json.loads((ref / "summary.json").read_text())
+    s_res = json.loads((resumed / "summary.json").read_text())
+    assert s_res["final_test_ppl"] == pytest.approx(s_ref["final_test_ppl"], rel=1e-6)

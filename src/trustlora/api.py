@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -273,9 +274,13 @@ def run_users(cfg: Config, comm, ws: Workspace | None = None, progress: bool = T
                 base_eval.save(key, metrics.records)
         ws.base_eval = [r for r in metrics.records if r.get("model") == "base"]
     fail_at = int(os.environ.get("TRUSTLORA_FAIL_AT_ROUND", "0"))  # fault injection for crash-recovery tests
+    kill = os.environ.get("TRUSTLORA_KILL_AT_ROUND", "")  # "user:round": the process hosting user dies (SIGKILL)
+    kill_user, _, kill_round = kill.partition(":")
     for r in range(start_round + 1, len(proto.schedule) + 1):
         if r == fail_at and main:
             raise RuntimeError(f"TRUSTLORA_FAIL_AT_ROUND={fail_at}: simulated crash before round {r}")
+        if kill and r == int(kill_round) and int(kill_user) in users:
+            os.kill(os.getpid(), signal.SIGKILL)
         proto.run_round(r, step_callback=lambda: (bar.set_postfix_str("train", refresh=False), bar.update(1)))
         train_time += _round_train_seconds(metrics.records, r)
         _save_checkpoint(out, r, proto, train_time, comm if distributed else None, main)

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from trustlora.config import ConfigError, dump_yaml, load_config, parse_override
+from trustlora.config import ConfigError, RunError, dump_yaml, load_config, parse_override
 
 
 def _quiet_libraries() -> None:
@@ -240,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"trustlora: error: {e}", file=sys.stderr)
         return 2
+    except RunError as e:
+        print(f"trustlora: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("trustlora: interrupted (rerun the same command to resume)", file=sys.stderr)
         return 130

@@ -21,6 +21,11 @@ from typing import Any
 import yaml
 
 
+class RunError(RuntimeError):
+    """A run stopped by something outside the config (a peer process died or stopped answering): one line naming
+    what happened and how to resume."""
+
+
 class ConfigError(ValueError):
     """A user error in the configuration: one line naming the field and what is expected."""
 
@@ -339,6 +344,18 @@ class AttackConfig:
 
 
 @dataclass
+class CommConfig:
+    """The multi-process runtime's transport."""
+
+    timeout: float = 300.0
+    """Seconds a collective may wait for a peer process before the run stops with an error naming the round to
+    resume from (torch.distributed's process-group timeout)."""
+
+    def validate(self) -> None:
+        _check(self.timeout > 0, "comm.timeout", "a number of seconds > 0", self.timeout)
+
+
+@dataclass
 class EvalConfig:
     """Held-out evaluation."""
 
@@ -380,6 +397,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
+    comm: CommConfig = field(default_factory=CommConfig)
 
     def validate(self) -> None:
         _check(isinstance(self.model, str) and self.model != "", "model", "a model name or path", self.model)
@@ -408,6 +426,7 @@ class Config:
         self.trust.validate()
         self.faults.validate()
         self.attack.validate(self.data.users)
+        self.comm.validate()
         _check(self.eval.batch_size >= 1, "eval.batch_size", "an integer >= 1", self.eval.batch_size)
         _check(self.eval.during_tokens >= 0, "eval.during_tokens", "an integer >= 0", self.eval.during_tokens)
 

@@ -10,14 +10,16 @@ process joins that group instead of spawning. The process hosting user 0 writes 
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from trustlora.config import Config, from_dict, to_dict
+from trustlora.config import Config, RunError, from_dict, to_dict
 
 
 def _backend(cfg: Config) -> str:
@@ -38,7 +40,9 @@ def _worker(rank: int, cfg_dict: dict, world: int, init_file: str, progress: boo
     os.environ["LOCAL_RANK"] = str(rank)  # one GPU per process when device is cuda/auto (model.base.resolve_device)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     _bind_gpu(cfg)
-    dist.init_process_group(_backend(cfg), init_method=f"file://{init_file}", rank=rank, world_size=world)
+    dist.init_process_group(
+        _backend(cfg), init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=_timeout(cfg)
+    )
     try:
         run_users(
             cfg, TorchDistributed(cfg.data.users), progress=progress, log=print if rank == 0 else (lambda *a: None)
@@ -56,8 +60,17 @@ def launch(cfg: Config, progress: bool = True, log=print) -> Path:
     if dist.is_initialized() or ("RANK" in os.environ and "WORLD_SIZE" in os.environ):
         if not dist.is_initialized():
             _bind_gpu(cfg)
-            dist.init_process_group(_backend(cfg), init_method="env://")
-        return run_users(cfg, TorchDistributed(cfg.data.users), progress=progress, log=log)
+            dist.init_process_group(_backend(cfg), init_method="env://", timeout=_timeout(cfg))
+        out = Path(cfg.out) if cfg.out else default_out(cfg)
+        try:
+            return run_users(cfg, TorchDistributed(cfg.data.users), progress=progress, log=log)
+        except (RuntimeError, dist.DistError) as e:  # a peer died or hung: the collective failed or timed out
+            if isinstance(e, RunError) or "TRUSTLORA_FAIL_AT_ROUND" in str(e):
+                raise
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise RunError(
+                f"rank {dist.get_rank()}: a peer process stopped answering ({first}); {_committed(out, cfg)}"
+            ) from e
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     cfg.out = str(out)
     resume_round(cfg, out)  # refuse a bad out before starting processes
@@ -65,7 +78,44 @@ def launch(cfg: Config, progress: bool = True, log=print) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         init_file = os.path.join(tmp, "rendezvous")
         log(f"starting {world} processes (torch.distributed, {_backend(cfg)})")
-        torch.multiprocessing.start_processes(
-            _worker, args=(to_dict(cfg), world, init_file, progress), nprocs=world, start_method="spawn", join=True
-        )
+        try:
+            torch.multiprocessing.start_processes(
+                _worker, args=(to_dict(cfg), world, init_file, progress), nprocs=world, start_method="spawn", join=True
+            )
+        except torch.multiprocessing.ProcessExitedException as e:  # killed or crashed outside Python
+            how = f"was killed by {e.signal_name}" if e.signal_name else f"exited with code {e.exit_code}"
+            raise RunError(
+                f"process rank {e.error_index} ({_hosts(cfg, e.error_index)}) {how}; {_committed(out, cfg)}"
+            ) from None
+        except torch.multiprocessing.ProcessRaisedException as e:
+            last = [x for x in str(e).strip().splitlines() if x.strip()][-1][:300]
+            if "TRUSTLORA_FAIL_AT_ROUND" in last:
+                raise RuntimeError(last) from None
+            raise RunError(
+                f"process rank {e.error_index} ({_hosts(cfg, e.error_index)}) failed: {last}; {_committed(out, cfg)}"
+            ) from None
     return out
+
+
+def _timeout(cfg: Config) -> timedelta:
+    return timedelta(seconds=float(cfg.comm.timeout))
+
+
+def _hosts(cfg: Config, rank: int) -> str:
+    from trustlora.comm.distributed import users_of_rank
+
+    users = users_of_rank(rank, cfg.data.users, cfg.world_size)
+    return f"users {users[0]}-{users[-1]}" if len(users) > 1 else f"user {users[0]}"
+
+
+def _committed(out: Path, cfg: Config) -> str:
+    """'the last committed round is r of R; rerun the same command to resume' (from checkpoint.json)."""
+    from trustlora.checkpoint import MARKER
+    from trustlora.protocol import round_schedule
+
+    rounds = len(round_schedule(cfg.train.steps, cfg.train.warmup, cfg.train.period))
+    try:
+        r = int(json.loads((out / MARKER).read_text())["round"])
+    except (OSError, ValueError, KeyError):
+        r = 0
+    return f"the last committed round is {r} of {rounds} ({out}); rerun the same command to resume"
