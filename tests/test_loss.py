@@ -128,3 +128,27 @@ def test_user_chunked_training_and_eval_equal_one_stacked_pass(chunk):
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got[4][0], ref[4][0], rtol=1e-5, atol=1e-6)
     assert torch.equal(got[4][1], ref[4][1])
+
+
+def test_bf16_frozen_linears_give_identical_results_under_autocast():
+    """Casting the frozen base's linear weights to bf16 once changes no number of a bf16-autocast step."""
+    from trustlora.model.multilora import cast_frozen_linears
+
+    ids = torch.randint(0, 256, (N * B, T), generator=torch.Generator().manual_seed(2))
+
+    def step(cast: bool):
+        mm, _, _ = _mm()
+        if cast:
+            assert cast_frozen_linears(mm.model) > 0
+            assert mm.model.get_input_embeddings().weight.dtype == torch.float32  # tied head + embeddings stay
+        with autocast("bf16"):
+            nll, _, _ = stacked_loss(mm, ids, N)
+        grads = torch.autograd.grad(nll.sum(), mm.adapter_parameters())
+        with torch.no_grad(), autocast("bf16"):
+            ev, _, tk = stacked_loss(mm, ids, N, topk=(3, "probs"))
+        return nll, grads, ev, tk
+
+    a, b = step(False), step(True)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2]) and torch.equal(a[3][1], b[3][1])
+    for x, y in zip(a[1], b[1], strict=True):
+        assert torch.equal(x, y)

@@ -90,13 +90,16 @@ def stacked_loss(
     labels = next_token_labels(input_ids, mask)
     h = mm.hidden(input_ids)
     flat_h, flat_l = h.reshape(-1, h.shape[-1]), labels.reshape(-1)
+    weight, dev = head.weight, h.device.type
+    if torch.is_autocast_enabled(dev) and not weight.requires_grad and hasattr(mm, "head_weight"):
+        weight = mm.head_weight(torch.get_autocast_dtype(dev))  # cast once, not per chunk (same numbers)
     tk = None
     if topk is not None or not torch.is_grad_enabled():
-        nll, tk = head_scores(flat_h, head.weight, head.bias, flat_l, topk)
+        nll, tk = head_scores(flat_h, weight, head.bias, flat_l, topk)
         if tk is not None:
             tk = (tk[0].view(*h.shape[:2], -1), tk[1].view(*h.shape[:2], -1))
     else:
-        nll = linear_cross_entropy(flat_h, head.weight, head.bias, flat_l)
+        nll = linear_cross_entropy(flat_h, weight, head.bias, flat_l)
     count = (labels != -100).reshape(n_users, -1).sum(1)
     return nll.reshape(n_users, -1).sum(1), count, tk
 

@@ -198,6 +198,26 @@ class MultiLoRALinear(nn.Module):
         return y + delta.reshape(*shape[:-1], -1).to(y.dtype)
 
 
+@torch.no_grad()
+def cast_frozen_linears(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Store the frozen base's linear weights (and biases) in ``dtype``, once: under autocast to the same dtype a
+    matmul casts its fp32 weight on every forward, and the result is identical when the weight already has that
+    dtype. Embeddings, norms and a head tied to the embeddings stay fp32 (they are not autocast to ``dtype``).
+    Only for bf16 runs: outside autocast a bf16 weight would meet fp32 inputs. Returns the parameters cast."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    tied = {id(emb.weight)} if emb is not None else set()
+    count = 0
+    for m in model.modules():
+        if type(m) is nn.Linear or type(m).__name__ == "Conv1D":
+            for name in ("weight", "bias"):
+                p = getattr(m, name, None)
+                if p is None or id(p) in tied or p.requires_grad or p.dtype == dtype:
+                    continue
+                p.data = p.data.to(dtype)
+                count += p.numel()
+    return count
+
+
 def plain_lm_head(model: nn.Module) -> nn.Linear | None:
     """``model``'s output layer if its logits are exactly ``head(model.base_model(...).last_hidden_state)``."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -355,6 +375,20 @@ class MultiLoRA(nn.Module):
         in chunks, :mod:`trustlora.loss`); None for models that post-process logits (soft-capping, logit scale) or
         whose head is not a plain linear layer (those use :meth:`forward`)."""
         return plain_lm_head(self.model) if self.chunked_head else None
+
+    @torch.no_grad()
+    def head_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """:attr:`lm_head`'s frozen weight in ``dtype``, cast once and kept (autocast would cast it on every chunk:
+        it caches casts only of weights that require grad)."""
+        w = self.lm_head.weight
+        if w.dtype == dtype:
+            return w
+        cache = self.__dict__.setdefault("_head_cache", {})
+        key = (dtype, w.data_ptr(), w.device)
+        if key not in cache:
+            cache.clear()
+            cache[key] = w.detach().to(dtype)
+        return cache[key]
 
     def hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
         """``input_ids: [N*B, T]`` -> the decoder's last hidden states ``[N*B, T, d]`` (final norm applied), i.e.
