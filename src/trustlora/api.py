@@ -34,7 +34,7 @@ from trustlora.data.sources import load_documents
 from trustlora.flops import forward_flops_per_token, gemm_peak_gflops, phase_costs, train_flops_per_token
 from trustlora.model import build_stack
 from trustlora.model.base import load_base
-from trustlora.model.multilora import MultiLoRA, cast_frozen_linears
+from trustlora.model.multilora import MultiLoRA
 from trustlora.protocol import LocalData, Protocol
 from trustlora.train import LocalTrainer, resolve_precision
 from trustlora.trust.oracle import oracle_matrix
@@ -90,7 +90,7 @@ def prepare(cfg: Config, ws: Workspace | None = None, log=print, users: list[int
     )
     ws.mm = build_stack(ws.model, len(users), cfg.lora, seed=cfg.seed, user_ids=users, n_total=cfg.data.users)
     if isinstance(ws.mm, MultiLoRA) and resolve_precision(cfg.train.precision, ws.mm.device) == "bf16":
-        cast_frozen_linears(ws.model)  # no per-forward weight casts under autocast; identical numbers
+        ws.mm.keep_lowp_weights()  # no per-forward weight casts under autocast; identical numbers
     return ws
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from trustlora.cache import atomic_write_bytes, atomic_write_text
@@ -180,9 +181,30 @@ class MultiLoRALinear(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(n, r, d_out, device=dev, dtype=dt))  # (N, r, out)
         self.scaling = alpha / r
         self.fan_in_fan_out = _is_conv1d(base)
+        self.lowp: tuple[torch.Tensor, torch.Tensor | None] | None = None  # frozen weight pre-cast (see keep_lowp)
+
+    @torch.no_grad()
+    def keep_lowp(self, dtype: torch.dtype) -> int:
+        """Keep a ``dtype`` copy of the frozen base weight ([out, in]) and bias for autocast to ``dtype``: autocast
+        casts a weight that does not require grad again on every forward; with the copy it is cast once. The fp32
+        weight stays, so forwards outside autocast are unchanged. Returns the elements copied."""
+        w, b = self.base.weight, getattr(self.base, "bias", None)
+        w = w.T if self.fan_in_fan_out else w  # GPT-2's Conv1D stores [in, out]
+        self.lowp = (w.detach().to(dtype).contiguous(), None if b is None else b.detach().to(dtype))
+        return self.lowp[0].numel()
+
+    def _base(self, x: torch.Tensor) -> torch.Tensor:
+        dev = x.device.type
+        if (
+            self.lowp is not None
+            and torch.is_autocast_enabled(dev)
+            and torch.get_autocast_dtype(dev) == self.lowp[0].dtype
+        ):
+            return F.linear(x, *self.lowp)  # autocast casts x; identical to autocasting the fp32 weight
+        return self.base(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
+        y = self._base(x)
         if not self.shared.enabled:
             return y
         sl = self.shared.active_slots()
@@ -196,26 +218,6 @@ class MultiLoRALinear(nn.Module):
             a, b = a.to(xd.dtype), b.to(xd.dtype)
         delta = torch.bmm(torch.bmm(xd, a), b) * self.scaling  # (N, B*T, out)
         return y + delta.reshape(*shape[:-1], -1).to(y.dtype)
-
-
-@torch.no_grad()
-def cast_frozen_linears(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> int:
-    """Store the frozen base's linear weights (and biases) in ``dtype``, once: under autocast to the same dtype a
-    matmul casts its fp32 weight on every forward, and the result is identical when the weight already has that
-    dtype. Embeddings, norms and a head tied to the embeddings stay fp32 (they are not autocast to ``dtype``).
-    Only for bf16 runs: outside autocast a bf16 weight would meet fp32 inputs. Returns the parameters cast."""
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    tied = {id(emb.weight)} if emb is not None else set()
-    count = 0
-    for m in model.modules():
-        if type(m) is nn.Linear or type(m).__name__ == "Conv1D":
-            for name in ("weight", "bias"):
-                p = getattr(m, name, None)
-                if p is None or id(p) in tied or p.requires_grad or p.dtype == dtype:
-                    continue
-                p.data = p.data.to(dtype)
-                count += p.numel()
-    return count
 
 
 def plain_lm_head(model: nn.Module) -> nn.Linear | None:
@@ -375,6 +377,12 @@ class MultiLoRA(nn.Module):
         in chunks, :mod:`trustlora.loss`); None for models that post-process logits (soft-capping, logit scale) or
         whose head is not a plain linear layer (those use :meth:`forward`)."""
         return plain_lm_head(self.model) if self.chunked_head else None
+
+    def keep_lowp_weights(self, dtype: torch.dtype = torch.bfloat16) -> int:
+        """bf16 runs: every adapted layer keeps a pre-cast copy of its frozen weight
+        (:meth:`MultiLoRALinear.keep_lowp`); bit-identical results, no per-forward weight casts. Returns the elements
+        copied (memory: 2 bytes each)."""
+        return sum(layer.keep_lowp(dtype) for layer in self.layers.values())
 
     @torch.no_grad()
     def head_weight(self, dtype: torch.dtype) -> torch.Tensor:
