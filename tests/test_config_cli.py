@@ -191,3 +191,7 @@ def test_cpu_bf16_flag_detection_matches_cpuinfo():
     except OSError:
         flags = []
     assert _cpu_has_fast_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
+
+
+def test_report_of_a_missing_run_is_one_line(capsys, tmp_path):
+    assert "holds no run" in _cli_error(capsys, ["report", str(tmp_path / "nothing")])

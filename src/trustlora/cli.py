@@ -159,7 +159,10 @@ def cmd_robustness(args) -> int:
 def cmd_report(args) -> int:
     from trustlora import report
 
-    path = report.write_run_report(Path(args.run_dir))
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "metrics.jsonl").is_file() and not (run_dir / "summary.json").is_file():
+        raise ConfigError(f"run_dir: '{run_dir}' holds no run (expected metrics.jsonl or summary.json)")
+    path = report.write_run_report(run_dir)
     print(path.read_text())
     return 0
 
