@@ -233,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from trustlora.alloc import tune_glibc_malloc
+
+    tune_glibc_malloc()  # keep big buffers in the heap between steps (TRUSTLORA_MALLOC=default turns it off)
     args = build_parser().parse_args(argv)
     handlers = {"run": cmd_run, "compare": cmd_compare, "data": cmd_data, "sweep": cmd_sweep, "report": cmd_report}
     handlers["scale"] = cmd_scale
