@@ -101,6 +101,17 @@ def _looks_numeric(x: Any) -> bool:
     return isinstance(x, str) and bool(_NUMBER_RE.match(x.strip().strip("*").strip()))
 
 
+def write_table_files(out: Path, stem: str, md: str, rows: list[dict], keys: list[str]) -> dict[str, Path]:
+    """``<out>/<stem>.md`` (``md``), ``.csv`` (``keys`` of every row) and ``.json`` (``{"rows": rows}``), each
+    written atomically. Returns the paths by kind."""
+    paths = {"md": out / f"{stem}.md", "csv": out / f"{stem}.csv", "json": out / f"{stem}.json"}
+    atomic_write_text(paths["md"], md)
+    csv_text = ",".join(keys) + "\n" + "".join(",".join(str(r[k]) for k in keys) + "\n" for r in rows)
+    atomic_write_text(paths["csv"], csv_text)
+    atomic_write_json(paths["json"], {"rows": rows})
+    return paths
+
+
 def format_table(headers: Sequence[Any], rows: Sequence[Sequence[Any]], floatfmt: str = ".2f") -> str:
     """A markdown table (no trailing newline).
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from trustlora.attacks import KINDS
-from trustlora.cache import atomic_write_json, atomic_write_text
 from trustlora.config import ConfigError, load_config, parse_override
 
 DEFAULT_STRATEGIES = ["fedavg", "median", "trimmed_mean", "krum", "weights", "validation", "predictions", "oracle"]
@@ -90,7 +89,7 @@ def collect(out: Path) -> list[dict]:
 
 
 def write_robustness_table(out: Path) -> dict[str, Path]:
-    from trustlora.report import DASH, format_table
+    from trustlora.report import DASH, format_table, write_table_files
     from trustlora.trust import names
 
     rows = collect(out)
@@ -121,11 +120,5 @@ def write_robustness_table(out: Path) -> dict[str, Path]:
         "mean in the run without attackers (same strategy, data and seed), and the trust mass honest users give to "
         "attackers in the final W (global aggregators: their bookkeeping W).\n\n" + format_table(header, table) + "\n"
     )
-    paths = {"md": out / "robustness.md", "csv": out / "robustness.csv", "json": out / "robustness.json"}
-    atomic_write_text(paths["md"], md)
-    keys = list(rows[0])
-    atomic_write_text(
-        paths["csv"], ",".join(keys) + "\n" + "".join(",".join(str(r[k]) for k in keys) + "\n" for r in rows)
-    )
-    atomic_write_json(paths["json"], {"rows": rows})
+    paths = write_table_files(out, "robustness", md, rows, list(rows[0]))
     return paths

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from trustlora.cache import atomic_write_json, atomic_write_text
 from trustlora.config import ConfigError, load_config, parse_override
 
 DEFAULT_STRATEGIES = ["local", "fedavg", "oracle", "validation", "predictions"]
@@ -96,7 +95,7 @@ def collect(out: Path) -> list[dict]:
 
 
 def write_scaling_table(out: Path) -> dict[str, Path]:
-    from trustlora.report import DASH, format_table
+    from trustlora.report import DASH, format_table, write_table_files
     from trustlora.trust import names
 
     rows = collect(out)
@@ -129,11 +128,6 @@ def write_scaling_table(out: Path) -> dict[str, Path]:
         "user's off-diagonal trust on peers of its own category; oracle 1, FedAvg = the uniform share) per number "
         "of users N (fixed per-user budget).\n\n" + format_table(header, table) + "\n"
     )
-    paths = {"md": out / "scale.md", "csv": out / "scale.csv", "json": out / "scale.json"}
-    atomic_write_text(paths["md"], md)
     keys = ["users", "strategy", "seeds", "mean_test_ppl", "same_category_mass", "uniform_share"]
-    atomic_write_text(
-        paths["csv"], ",".join(keys) + "\n" + "".join(",".join(str(r[k]) for k in keys) + "\n" for r in rows)
-    )
-    atomic_write_json(paths["json"], {"rows": rows})
+    paths = write_table_files(out, "scale", md, rows, keys)
     return paths
