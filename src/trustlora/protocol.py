@@ -75,6 +75,8 @@ class Protocol:
         attackers = set(cfg.attack.users) if cfg.attack.kind != "none" else set()
         self.attack_slots = [a for a, u in enumerate(self.users) if u in attackers]  # local slots that lie
         self.honest_slots = [a for a, u in enumerate(self.users) if u not in attackers]
+        head = mm.model.get_output_embeddings()
+        self.vocab: int = head.weight.shape[0]  # output vocabulary (top-k id checks, fabricated top-k, Table 5 sizes)
         self.needs_reference = getattr(self.strategy, "needs_reference", lambda c: False)(cfg.trust)
         self.theta0_local = mm.get_flat().detach().clone() if self.needs_reference else None
         self._reference: dict[str, torch.Tensor] = {}
@@ -209,9 +211,11 @@ class Protocol:
         if self.needs_reference:
             self._starting_point(inp)
         applying = tc.apply and strat.exchanges
-        atk, lying = self.cfg.attack, self.attack_slots and self.cfg.attack.kind in UPDATE_KINDS
+        atk = self.cfg.attack
+        lying = bool(self.attack_slots) and atk.kind in UPDATE_KINDS
         g = round_rng(self.cfg.seed, r) if self.attack_slots else None
-        pub_delta = after - before  # what each hosted user publishes (attackers: a consistent lie)
+        own_delta = after - before
+        pub_delta = own_delta  # what each hosted user publishes (attackers: a consistent lie)
         if lying:
             pub_delta = poison_updates(atk.kind, pub_delta, self.attack_slots, self.honest_slots, g)
         pub_after = before + pub_delta if lying else after
@@ -228,8 +232,7 @@ class Protocol:
             if lying:
                 self.mm.set_flat(after)
             if atk.kind == "fake_topk" and self.attack_slots:
-                vocab = self.mm.model.get_output_embeddings().weight.shape[0]
-                v, i = fake_topk(v, i, self.attack_slots, vocab, tc.logit_space == "probs", g)
+                v, i = fake_topk(v, i, self.attack_slots, self.vocab, tc.logit_space == "probs", g)
             msgs["topk_values"] = self.comm.all_gather(v, "topk_values")
             msgs["topk_indices"] = self.comm.all_gather(i, "topk_indices")
         p = after.shape[1]
@@ -237,15 +240,14 @@ class Protocol:
         if "topk_values" in msgs:
             expected["topk_values"] = (tuple(v.shape[1:]), v.dtype)
             expected["topk_indices"] = (tuple(i.shape[1:]), i.dtype)
-        head = self.mm.model.get_output_embeddings()
         verdict = check_messages(
             msgs,
             self.users,
             n,
             expected,
-            own_delta=(after - before).cpu(),
+            own_delta=own_delta.cpu(),
             max_norm_ratio=self.cfg.faults.max_norm_ratio,
-            vocab=head.weight.shape[0] if head is not None else None,
+            vocab=self.vocab,
             probs=tc.logit_space == "probs",
         )
         absent = [j for j in range(n) if not present[j]]
@@ -265,10 +267,11 @@ class Protocol:
             inp.val_losses = self._val_cross(msgs["theta"])
         w, scores = strat.trust(inp, tc)
         w = restrict_to(w, accept, self.users)
-        for a, u in enumerate(self.users):
-            if not present[u] or a in self.attack_slots:  # missed the round / attacker: keeps its own model
-                w[a] = 0.0
-                w[a, u] = 1.0
+        # missed the round, or an attacker: keeps its own locally trained model (row = itself)
+        alone = [a for a, u in enumerate(self.users) if not present[u] or a in self.attack_slots]
+        for a in alone:
+            w[a] = 0.0
+            w[a, self.users[a]] = 1.0
         faults = {"rejected": verdict.events, "absent": absent}
         if not applying:
             return w, scores, faults  # trust recorded, every user keeps its own locally trained adapter
@@ -283,7 +286,6 @@ class Protocol:
             new = mix_updates(before, msgs["delta"], w)
         else:
             new = mix_weights(msgs["theta"].to(after.device), w)
-        alone = [a for a, u in enumerate(self.users) if not present[u] or a in self.attack_slots]
         if alone:  # their own message may have been replaced (absent, or a lie): they keep what they trained
             new[alone] = after[alone].to(new.dtype)
         self.mm.set_flat(new.to(after.dtype))
@@ -293,9 +295,8 @@ class Protocol:
         """Bytes one user would send per round for each message kind (paper Table 5), whatever the strategy."""
         p = after.shape[1] * 4  # fp32 adapter
         m = len(self.data.reference)
-        vocab = self.mm.model.get_output_embeddings().weight.shape[0]
         k = self.cfg.trust.topk
-        return {"theta": p, "delta": p, "dense_logits": m * vocab * 4, "topk_coo": m * k * (4 + 4)}
+        return {"theta": p, "delta": p, "dense_logits": m * self.vocab * 4, "topk_coo": m * k * (4 + 4)}
 
     # ---- one round ----------------------------------------------------------------------------
     def run_round(self, r: int, step_callback: Callable[[], None] | None = None) -> int:

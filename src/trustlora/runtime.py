@@ -61,15 +61,14 @@ def launch(cfg: Config, progress: bool = True, log=print) -> Path:
         if not dist.is_initialized():
             _bind_gpu(cfg)
             dist.init_process_group(_backend(cfg), init_method="env://", timeout=_timeout(cfg))
-        out = Path(cfg.out) if cfg.out else default_out(cfg)
         try:
             return run_users(cfg, TorchDistributed(cfg.data.users), progress=progress, log=log)
         except (RuntimeError, dist.DistError) as e:  # a peer died or hung: the collective failed or timed out
-            if isinstance(e, RunError) or "TRUSTLORA_FAIL_AT_ROUND" in str(e):
-                raise
+            if isinstance(e, RunError) or "TRUSTLORA_FAIL_AT_ROUND" in str(e) or not cfg.out:
+                raise  # (run_users sets cfg.out to the run directory before any collective)
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise RunError(
-                f"rank {dist.get_rank()}: a peer process stopped answering ({first}); {_committed(out, cfg)}"
+                f"rank {dist.get_rank()}: a peer process stopped answering ({first}); {_committed(Path(cfg.out), cfg)}"
             ) from e
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     cfg.out = str(out)
