@@ -20,6 +20,8 @@ import time
 import torch
 from torch import nn
 
+from trustlora.model.multilora import is_conv1d
+
 
 def matmul_params(model: nn.Module) -> int:
     """Weights of every linear layer reached in a forward (tied LM head counted once, as a matmul)."""
@@ -27,10 +29,7 @@ def matmul_params(model: nn.Module) -> int:
     total = 0
     for m in model.modules():
         w = getattr(m, "weight", None)
-        if isinstance(m, nn.Linear) and w is not None and id(w) not in seen:
-            seen.add(id(w))
-            total += w.numel()
-        elif type(m).__name__ == "Conv1D" and w is not None and id(w) not in seen:  # GPT-2's linear
+        if (isinstance(m, nn.Linear) or is_conv1d(m)) and w is not None and id(w) not in seen:  # Conv1D: GPT-2
             seen.add(id(w))
             total += w.numel()
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None

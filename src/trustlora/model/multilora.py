@@ -40,7 +40,7 @@ _MLP_HINTS = ("mlp", "feed_forward", "ffn")
 _DROPOUT_STREAM = 0x64726F70  # 'drop': keeps the dropout seeds apart from other (seed, user) streams
 
 
-def _is_conv1d(m: nn.Module) -> bool:
+def is_conv1d(m: nn.Module) -> bool:
     return type(m).__name__ == "Conv1D" and hasattr(m, "nf")
 
 
@@ -61,7 +61,7 @@ def find_targets(model: nn.Module, targets: list[str]) -> list[str]:
     candidates = [
         name
         for name, m in model.named_modules()
-        if (isinstance(m, nn.Linear) or _is_conv1d(m)) and name and "lm_head" not in name
+        if (isinstance(m, nn.Linear) or is_conv1d(m)) and name and "lm_head" not in name
     ]
     chosen: list[str] = []
     for name in candidates:
@@ -180,7 +180,7 @@ class MultiLoRALinear(nn.Module):
         self.lora_A = nn.Parameter(torch.zeros(n, d_in, r, device=dev, dtype=dt))  # (N, in, r)
         self.lora_B = nn.Parameter(torch.zeros(n, r, d_out, device=dev, dtype=dt))  # (N, r, out)
         self.scaling = alpha / r
-        self.fan_in_fan_out = _is_conv1d(base)
+        self.fan_in_fan_out = is_conv1d(base)
         self.lowp: tuple[torch.Tensor, torch.Tensor | None] | None = None  # frozen weight pre-cast (see keep_lowp)
 
     @torch.no_grad()
