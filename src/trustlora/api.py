@@ -77,7 +77,8 @@ def prepare(cfg: Config, ws: Workspace | None = None, log=print, users: list[int
     ws = Workspace(key=key)
     t0 = time.time()
     ws.model, ws.tokenizer = load_base(cfg.model, device=cfg.device)
-    ws.model_fp = model_fingerprint(ws.model)  # before adapters are attached (base-eval cache key)
+    if cfg.eval.cache_base and len(users) == cfg.data.users:  # simulation: the base-eval cache key (~0.7 s to hash)
+        ws.model_fp = model_fingerprint(ws.model)  # before adapters are attached
     log(
         f"model {cfg.model}: {sum(p.numel() for p in ws.model.parameters()) / 1e6:.1f}M params "
         f"({time.time() - t0:.1f}s)"
@@ -263,7 +264,7 @@ def run_users(cfg: Config, comm, ws: Workspace | None = None, progress: bool = T
             metrics(rec)
     else:
         key = None
-        if not distributed and cfg.eval.cache_base:
+        if not distributed and cfg.eval.cache_base and ws.model_fp:
             prec = resolve_precision(cfg.train.precision, mm.device)
             key = base_eval.base_eval_key(ws.model_fp, data.val, data.test, cfg, prec, mm.device)
         cached = base_eval.load(key) if key else None
