@@ -96,13 +96,16 @@ def test_labels_mask_padding():
 
 
 def test_user_chunks_cover_slots():
-    from trustlora.train import user_chunks
+    from trustlora.train import auto_chunk_positions, user_chunks
 
     mm, _, _ = _mm()
     assert user_chunks(mm, 2, 100) == [(0, 2), (2, 3)]
     assert user_chunks(mm, 10, 100) == [(0, 3)]
-    assert user_chunks(mm, "auto", 8192) == [(0, 1), (1, 2), (2, 3)]  # one user's positions fill a chunk
+    big = auto_chunk_positions(mm)  # one user's positions fill a chunk
+    assert user_chunks(mm, "auto", big) == [(0, 1), (1, 2), (2, 3)]
+    assert user_chunks(mm, "auto", big // 2) == [(0, 2), (2, 3)]
     assert user_chunks(mm, "auto", 16) == [(0, 3)]
+    assert user_chunks(mm, "auto", big, training=False) == [(0, 3)]  # no backward: 8x the positions
 
 
 @pytest.mark.parametrize("chunk", [1, 2])

@@ -104,17 +104,44 @@ def stacked_loss(
     return nll.reshape(n_users, -1).sum(1), count, tk
 
 
-AUTO_CHUNK_POSITIONS = 8192
-"""``train.user_chunk=auto``: token positions per forward (activation memory grows with it, not with N)."""
+AUTO_ACTIVATION_BYTES = 3 << 29
+"""``train.user_chunk=auto``: activation memory a training forward may keep for its backward (1.5 GiB); users are
+chunked so that one chunk's estimated activations (:func:`activation_bytes_per_position`) fit. Evaluation and trust
+passes keep no activations for a backward: they take :data:`EVAL_CHUNK_FACTOR` times as many positions."""
+EVAL_CHUNK_FACTOR = 8
 
 
-def user_chunks(mm, setting: int | str, positions_per_user: int) -> list[tuple[int, int]]:
+def activation_bytes_per_position(model, seq_len: int = 128) -> int:
+    """Bytes a training forward keeps per token position for the backward, estimated from the model's shape:
+    per layer ~24 bytes x d_model (norm inputs in fp32, bf16 linear inputs, dropout masks), 12 x d_ff (MLP
+    activations and masks) and 8 x heads x seq_len (attention probabilities in fp32 and bf16). SmolLM2-135M at
+    seq_len 128: 1.24 MB estimated, ~1.0 MB measured (peak RSS over 512 / 1,024 / 3,072 positions)."""
+    cfg = getattr(model, "config", None)
+    layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", 1) or 1
+    d = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", 1) or 1
+    ff = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d
+    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", 1) or 1
+    return int(layers * (24 * d + 12 * ff + 8 * heads * seq_len))
+
+
+def auto_chunk_positions(mm, seq_len: int = 128, training: bool = True) -> int:
+    """Token positions per forward under ``train.user_chunk=auto`` (see :data:`AUTO_ACTIVATION_BYTES`)."""
+    per = activation_bytes_per_position(getattr(mm, "model", None), seq_len)
+    return max(1, AUTO_ACTIVATION_BYTES // per) * (1 if training else EVAL_CHUNK_FACTOR)
+
+
+def user_chunks(
+    mm, setting: int | str, positions_per_user: int, seq_len: int = 128, training: bool = True
+) -> list[tuple[int, int]]:
     """Slot ranges ``[(start, stop), ...]`` covering all of ``mm``'s slots, ``setting`` users each (or 'auto': as
-    many as fit in :data:`AUTO_CHUNK_POSITIONS`). One range when the model cannot run a subset of slots."""
+    many as fit in :func:`auto_chunk_positions`). One range when the model cannot run a subset of slots."""
     n = mm.n_users
     if not hasattr(mm, "slots"):
         return [(0, n)]
-    c = setting if isinstance(setting, int) else max(1, AUTO_CHUNK_POSITIONS // max(1, positions_per_user))
+    if isinstance(setting, int):
+        c = setting
+    else:
+        c = max(1, auto_chunk_positions(mm, seq_len, training) // max(1, positions_per_user))
     c = max(1, min(int(c), n))
     return [(s, min(s + c, n)) for s in range(0, n, c)]
 
@@ -168,7 +195,7 @@ def _stacked_eval(
         dev = mm.device
         ids, mask = ids.view(n * b, seq_len).to(dev), mask.view(n * b, seq_len).to(dev)
         tks = []
-        for u0, u1 in user_chunks(mm, user_chunk, b * seq_len):
+        for u0, u1 in user_chunks(mm, user_chunk, b * seq_len, seq_len, training=False):
             rows = slice(u0 * b, u1 * b)
             with _slots(mm, u0, u1), autocast(precision, dev):
                 s, c, tk = stacked_loss(mm, ids[rows], u1 - u0, mask[rows], topk)
@@ -343,7 +370,7 @@ class LocalTrainer:
         self.mm.train()
         acc, b = self.cfg.grad_accum, self.cfg.batch_size
         total = torch.zeros(self.n)
-        chunks = user_chunks(self.mm, self.cfg.user_chunk, b * self.cfg.seq_len)
+        chunks = user_chunks(self.mm, self.cfg.user_chunk, b * self.cfg.seq_len, self.cfg.seq_len)
         for _ in range(acc):
             ids = self.sample_batch()
             for u0, u1 in chunks:  # users' losses are independent: chunked backward = one stacked backward

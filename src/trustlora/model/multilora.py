@@ -90,24 +90,28 @@ def find_targets(model: nn.Module, targets: list[str]) -> list[str]:
     return chosen
 
 
-def fast_dropout(x: torch.Tensor, p: float, generators: list[torch.Generator] | None = None) -> torch.Tensor:
-    """Inverted dropout from 16-bit random integers: ~2x faster than ``F.dropout`` on CPU.
+def fast_dropout(
+    x: torch.Tensor, p: float, generators: list[torch.Generator] | None = None, rescale: bool = True
+) -> torch.Tensor:
+    """Inverted dropout from 16-bit random integers (four from each 64-bit draw): ~4x faster than ``F.dropout``
+    on CPU.
 
     With ``generators`` (one per user), ``x`` is split along its first axis into ``len(generators)``
     equal user-major slices and slice u's mask is drawn from ``generators[u]`` alone; without, one mask
     is drawn from the process RNG. The keep threshold is quantised to 1/65536 (p=0.1 drops 0.09999...).
+    ``rescale=False`` returns ``x * mask`` without the 1/(1-p): the caller folds it into a smaller tensor.
     """
     gens: list[torch.Generator | None] = list(generators) if generators is not None else [None]
     k = len(gens)
     if x.numel() % k:
         raise ValueError(f"dropout input of {x.numel()} elements does not split into {k} users")
     per = x.numel() // k
-    bits = torch.empty(k, (per + 1) // 2, dtype=torch.int32, device=x.device)  # (users, per/2)
+    bits = torch.empty(k, (per + 3) // 4, dtype=torch.int64, device=x.device)  # (users, per/4): 4 masks a draw
     for row, g in zip(bits, gens, strict=True):
-        row.random_(-(2**31), 2**31 - 1, generator=g)
+        row.random_(-(2**63), None, generator=g)  # full 64-bit range: no modulo, 2.3x faster than int32 draws
     r = bits.view(torch.int16)[:, :per].reshape(x.shape)
     keep = r >= int(round(p * 65536)) - 32768
-    return x * keep * (1.0 / (1.0 - p))
+    return x * keep * (1.0 / (1.0 - p)) if rescale else x * keep
 
 
 def dropout_seed(seed: int, user: int) -> int:
@@ -132,6 +136,8 @@ class _Shared:
         self.generator_device: torch.device | None = None
         self._last_in: torch.Tensor | None = None
         self._last_out: torch.Tensor | None = None
+        self._cast_in: torch.Tensor | None = None
+        self._cast_out: torch.Tensor | None = None
         self.active: slice | None = None  # slots in the current forward (None = all): user chunking
 
     def active_slots(self) -> slice:
@@ -150,21 +156,33 @@ class _Shared:
             self.generator_device = device
         return self.generators
 
+    def lowp(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the autocast dtype (itself outside autocast), cast once per distinct input tensor: q/k/v (and
+        gate/up) read the same hidden state, which autocast would otherwise cast once per layer that reads it."""
+        dev = x.device.type
+        if not torch.is_autocast_enabled(dev) or x.dtype == torch.get_autocast_dtype(dev):
+            return x
+        if self._cast_in is not x:
+            self._cast_in, self._cast_out = x, x.to(torch.get_autocast_dtype(dev))
+        return self._cast_out  # type: ignore[return-value]
+
     def dropped(self, x: torch.Tensor, training: bool) -> torch.Tensor:
-        """Dropout of the adapter input (in the autocast dtype), computed once per distinct input tensor."""
+        """Dropout mask applied to the adapter input ``x`` (already :meth:`lowp`), computed once per distinct input
+        tensor; without the 1/(1-p) rescale, which :meth:`scale` folds into the rank-r product."""
         if self._last_in is x:
             return self._last_out  # type: ignore[return-value]
         out = x
-        dev = x.device.type
-        if torch.is_autocast_enabled(dev):
-            out = out.to(torch.get_autocast_dtype(dev))
         if training and self.p > 0:
-            out = fast_dropout(out, self.p, self._generators(x.device)[self.active_slots()])
+            out = fast_dropout(out, self.p, self._generators(x.device)[self.active_slots()], rescale=False)
         self._last_in, self._last_out = x, out
         return out
 
+    def scale(self, training: bool) -> float:
+        """Inverted dropout's 1/(1-p) in training (1 otherwise)."""
+        return 1.0 / (1.0 - self.p) if training and self.p > 0 else 1.0
+
     def clear(self) -> None:
-        self._last_in = self._last_out = None
+        self._last_in = self._last_out = self._cast_in = self._cast_out = None
 
 
 class MultiLoRALinear(nn.Module):
@@ -200,11 +218,12 @@ class MultiLoRALinear(nn.Module):
             and torch.is_autocast_enabled(dev)
             and torch.get_autocast_dtype(dev) == self.lowp[0].dtype
         ):
-            return F.linear(x, *self.lowp)  # autocast casts x; identical to autocasting the fp32 weight
+            return F.linear(x, *self.lowp)  # identical to autocasting the fp32 weight
         return self.base(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._base(x)
+        xl = self.shared.lowp(x)
+        y = self._base(xl)
         if not self.shared.enabled:
             return y
         sl = self.shared.active_slots()
@@ -213,11 +232,15 @@ class MultiLoRALinear(nn.Module):
         shape = x.shape
         if shape[0] % n:
             raise ValueError(f"batch of {shape[0]} rows is not user-major over {n} users")
-        xd = self.shared.dropped(x, self.training).reshape(n, -1, shape[-1])  # (n, B*T, in)
+        xd = self.shared.dropped(xl, self.training).reshape(n, -1, shape[-1])  # (n, B*T, in)
         if xd.dtype != a.dtype:
             a, b = a.to(xd.dtype), b.to(xd.dtype)
-        delta = torch.bmm(torch.bmm(xd, a), b) * self.scaling  # (N, B*T, out)
-        return y + delta.reshape(*shape[:-1], -1).to(y.dtype)
+        xa = torch.bmm(xd, a)  # (n, B*T, r)
+        scale = self.scaling * self.shared.scale(self.training)
+        y3 = y.reshape(n, -1, y.shape[-1])
+        if y3.dtype == xa.dtype:  # y + scale * (xa @ b) in one pass over the output
+            return torch.baddbmm(y3, xa, b, alpha=scale).reshape(y.shape)
+        return y + (torch.bmm(xa, b) * scale).reshape(y.shape).to(y.dtype)
 
 
 def plain_lm_head(model: nn.Module) -> nn.Linear | None:
