@@ -57,6 +57,8 @@ def run_stacked(args, chunked: bool) -> dict:
     model, tok = load_base(args.model)
     mm = MultiLoRA(model, args.users, LoraConfig(dropout=args.dropout))
     mm.chunked_head = chunked
+    if prec == "bf16":
+        mm.keep_lowp_weights()  # as runs do: frozen weights cast to bf16 once
     chunk = "auto" if chunked else args.users
     tcfg = TrainConfig(batch_size=args.batch, seq_len=args.seq, precision=prec, user_chunk=chunk)
     streams = _streams(args.users, len(tok) - 1)

@@ -140,6 +140,19 @@ def test_absent_users_keep_rows_stochastic_over_present_peers(tiny_overrides, tm
     assert all(math.isfinite(x) for x in s["final_test_ppl"])
 
 
+def test_absent_reference_users_never_take_part(tiny_overrides, tmp_path):
+    """attack.kind=absent: the listed users are absent every round, nobody weighs them, they train alone."""
+    _, recs, s = _run(tiny_overrides, tmp_path, "ref", ["strategy=predictions", "attack.users=1", "attack.kind=absent"])
+    trust = [r for r in recs if r["kind"] == "trust"]
+    assert trust
+    for r in trust:
+        assert r["absent"] == [1]
+        w = torch.tensor(r["W"])
+        assert float(w[0, 1]) == 0.0 and float(w[2, 1]) == 0.0 and float(w[1, 1]) == 1.0
+        torch.testing.assert_close(w.sum(1), torch.ones(3, dtype=w.dtype))
+    assert s["attack"]["trust_mass_on_attackers"] == 0.0
+
+
 def test_attack_config_errors():
     assert "garbage_data" in KINDS
     with pytest.raises(ConfigError, match="attack.kind"):
@@ -201,6 +214,11 @@ def test_robustness_command_table(tiny_overrides, tmp_path, capsys):
         assert math.isclose(
             r["clean_honest_mean_test_ppl"], (clean["final_test_ppl"][0] + clean["final_test_ppl"][1]) / 2
         )
+        absent = json.loads((out / "absent" / f"{r['strategy']}-seed0" / "summary.json").read_text())
+        assert math.isclose(
+            r["absent_honest_mean_test_ppl"], (absent["final_test_ppl"][0] + absent["final_test_ppl"][1]) / 2
+        )
+        assert math.isclose(r["change_vs_absent"], r["honest_mean_test_ppl"] / r["absent_honest_mean_test_ppl"] - 1)
     nan_fed = next(r for r in rows if r["attack"] == "nan" and r["strategy"] == "fedavg")
     assert nan_fed["trust_mass_on_attackers"] == 0.0 and nan_fed["rejected_messages"] > 0
     assert "trust on attackers" in (out / "robustness.md").read_text()

@@ -137,10 +137,10 @@ def test_bf16_frozen_linears_give_identical_results_under_autocast():
     """Pre-cast bf16 copies of the frozen weights change no number of a bf16-autocast step, and none outside it."""
     ids = torch.randint(0, 256, (N * B, T), generator=torch.Generator().manual_seed(2))
 
-    def step(keep: bool):
+    def step(keep: bool, drop: bool = False):
         mm, _, _ = _mm()
         if keep:
-            assert mm.keep_lowp_weights() > 0
+            assert mm.keep_lowp_weights(drop_full=drop) > 0
         with autocast("bf16"):
             nll, _, _ = stacked_loss(mm, ids, N)
         grads = torch.autograd.grad(nll.sum(), mm.adapter_parameters())
@@ -150,8 +150,11 @@ def test_bf16_frozen_linears_give_identical_results_under_autocast():
             fp32 = mm(ids)  # outside autocast: the fp32 weights, as before
         return nll, grads, ev, tk, fp32
 
-    a, b = step(False), step(True)
-    assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2]) and torch.equal(a[3][1], b[3][1])
-    assert torch.equal(a[4], b[4])
-    for x, y in zip(a[1], b[1], strict=True):
-        assert torch.equal(x, y)
+    a, b, c = step(False), step(True), step(True, drop=True)
+    for other in (b, c):  # under autocast: bit-identical, with or without the fp32 weights kept
+        assert torch.equal(a[0], other[0]) and torch.equal(a[2], other[2]) and torch.equal(a[3][1], other[3][1])
+        for x, y in zip(a[1], other[1], strict=True):
+            assert torch.equal(x, y)
+    assert torch.equal(a[4], b[4])  # outside autocast: the fp32 weights, unchanged
+    torch.testing.assert_close(c[4], a[4], rtol=0.05, atol=0.05)  # fp32 dropped: bf16 weights upcast
+    assert not torch.equal(c[4], a[4])

@@ -13,6 +13,8 @@ Kinds (each seeded by (seed, round), recorded in the run directory):
 * ``fake_topk``: fabricated top-k predictions on X_S (random token ids, random probabilities) together with a
   random update of the honest norm: trust bought with made-up evidence.
 
+Reference (not an attack): ``absent``: the listed users never take part; honest users collaborate among themselves.
+
 Attackers publish a consistent lie: their theta message is before + poisoned update, and their predictions on X_S
 come from that model (except ``fake_topk``, which fabricates them). They never aggregate (they keep their own
 locally trained adapter) and are left out of the honest users' mean perplexity.
@@ -24,6 +26,9 @@ import numpy as np
 import torch
 
 KINDS = ("noise", "scale", "sign_flip", "zero", "copy", "nan", "garbage_data", "fake_topk")
+REFERENCE_KINDS = ("absent",)
+"""Not an attack: ``absent`` = the listed users never take part (every round absent, nothing sent): what a perfect
+defence would leave, the reference that separates the harm of an attack from the loss of those users' help."""
 UPDATE_KINDS = ("noise", "scale", "sign_flip", "zero", "copy", "nan", "fake_topk")
 """Kinds that replace the attacker's update (garbage_data poisons the training data instead)."""
 

@@ -328,13 +328,15 @@ class AttackConfig:
     users: list[int] = field(default_factory=list)
     """Global ids of the attacking users (empty = no attack)."""
     kind: str = "none"
-    """'none', or one of: noise, scale, sign_flip, zero, copy, nan, garbage_data, fake_topk."""
+    """'none', or one of: noise, scale, sign_flip, zero, copy, nan, garbage_data, fake_topk; or 'absent' (the
+    reference: the listed users never take part)."""
 
     def validate(self, n_users: int) -> None:
-        from trustlora.attacks import KINDS
+        from trustlora.attacks import KINDS, REFERENCE_KINDS
 
+        kinds = KINDS + REFERENCE_KINDS
         _check(
-            self.kind == "none" or self.kind in KINDS, "attack.kind", "'none' or one of " + ", ".join(KINDS), self.kind
+            self.kind == "none" or self.kind in kinds, "attack.kind", "'none' or one of " + ", ".join(kinds), self.kind
         )
         for u in self.users:
             _check(isinstance(u, int) and 0 <= u < n_users, "attack.users", f"user ids in [0, {n_users})", u)

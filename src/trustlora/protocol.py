@@ -189,12 +189,15 @@ class Protocol:
 
     def present(self, r: int) -> torch.Tensor:
         """[N] bool: who takes part in round r (``faults.dropout_prob``: each user misses a round independently,
-        seeded by (seed, round) so every process draws the same)."""
+        seeded by (seed, round) so every process draws the same; ``attack.kind=absent``: the listed users never)."""
         p = self.cfg.faults.dropout_prob
-        if p <= 0:
-            return torch.ones(self.comm.n_users, dtype=torch.bool)
-        rng = np.random.default_rng([abs(self.cfg.seed), int(self.cfg.seed < 0), r, 0x0FA17])
-        return torch.from_numpy(rng.random(self.comm.n_users) >= p)
+        present = torch.ones(self.comm.n_users, dtype=torch.bool)
+        if p > 0:
+            rng = np.random.default_rng([abs(self.cfg.seed), int(self.cfg.seed < 0), r, 0x0FA17])
+            present = torch.from_numpy(rng.random(self.comm.n_users) >= p)
+        if self.cfg.attack.kind == "absent":
+            present[list(self.cfg.attack.users)] = False
+        return present
 
     def exchange(
         self, before: torch.Tensor, after: torch.Tensor, r: int = 0

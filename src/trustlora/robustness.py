@@ -3,10 +3,12 @@
     trustlora robustness --config configs/cpu/multilingual-high.yaml --attacks nan,scale,sign_flip \
         strategies=fedavg,median,krum,predictions attack.users=0,4 out=runs/robust
 
-Runs land in ``OUT/clean/<strategy>-seed<k>/`` (no attacker) and ``OUT/<kind>/<strategy>-seed<k>/``; finished runs
-are reused, so a table can grow over several invocations. ``robustness.{md,csv,json}`` has, per attack x strategy,
-the honest users' mean final test ppl, its change against the clean run of the same strategy (over the same honest
-users), the trust mass honest users put on attackers in the final W, and the number of rejected messages.
+Runs land in ``OUT/clean/<strategy>-seed<k>/`` (no attacker: the attacking users behave honestly),
+``OUT/absent/<strategy>-seed<k>/`` (the attacking users never take part: what a perfect defence leaves) and
+``OUT/<kind>/<strategy>-seed<k>/``; finished runs are reused, so a table can grow over several invocations.
+``robustness.{md,csv,json}`` has, per attack x strategy, the honest users' mean final test ppl, its change against
+the clean run and against the run without the attacking users (same strategy, same honest users), the trust mass
+honest users put on attackers in the final W, and the number of rejected messages.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trustlora.attacks import KINDS
+from trustlora.attacks import KINDS, REFERENCE_KINDS
 from trustlora.config import ConfigError, load_config, parse_override
 
 DEFAULT_STRATEGIES = ["fedavg", "median", "trimmed_mean", "krum", "weights", "validation", "predictions", "oracle"]
@@ -51,6 +53,13 @@ def run_robustness(config: str | None, overrides: list[str], attacks: list[str],
         for strat in strategies:
             point = [f"strategy={strat}", f"seed={seed}"]
             ws = run_or_reuse(config, clean + point, out / "clean" / f"{strat}-seed{seed}", ws, progress=progress)
+            ws = run_or_reuse(
+                config,
+                rest + point + ["attack.kind=absent"],
+                out / "absent" / f"{strat}-seed{seed}",
+                ws,
+                progress=progress,
+            )
             for kind in attacks:
                 run_dir = out / kind / f"{strat}-seed{seed}"
                 ws = run_or_reuse(config, rest + point + [f"attack.kind={kind}"], run_dir, ws, progress=progress)
@@ -63,11 +72,10 @@ def collect(out: Path) -> list[dict]:
     rows = []
     for summ in sorted(out.glob("*/*-seed*/summary.json")):
         kind = summ.parent.parent.name
-        if kind == "clean":
+        if kind in ("clean", *REFERENCE_KINDS):
             continue
         s = json.loads(summ.read_text())
         atk = s.get("attack") or {}
-        clean_path = out / "clean" / summ.parent.name / "summary.json"
         honest = atk.get("honest_users") or []
         row = {
             "attack": kind,
@@ -76,14 +84,21 @@ def collect(out: Path) -> list[dict]:
             "honest_mean_test_ppl": atk.get("honest_mean_test_ppl"),
             "clean_honest_mean_test_ppl": None,
             "change": None,
+            "absent_honest_mean_test_ppl": None,
+            "change_vs_absent": None,
             "trust_mass_on_attackers": atk.get("trust_mass_on_attackers"),
             "rejected_messages": atk.get("rejected_messages"),
         }
-        if clean_path.is_file() and honest:
-            c = json.loads(clean_path.read_text())
-            row["clean_honest_mean_test_ppl"] = float(np.mean([c["final_test_ppl"][i] for i in honest]))
-            if row["honest_mean_test_ppl"] is not None:
-                row["change"] = row["honest_mean_test_ppl"] / row["clean_honest_mean_test_ppl"] - 1.0
+        for ref, key, change in (
+            ("clean", "clean_honest_mean_test_ppl", "change"),
+            ("absent", "absent_honest_mean_test_ppl", "change_vs_absent"),
+        ):
+            path = out / ref / summ.parent.name / "summary.json"
+            if path.is_file() and honest:
+                c = json.loads(path.read_text())
+                row[key] = float(np.mean([c["final_test_ppl"][i] for i in honest]))
+                if row["honest_mean_test_ppl"] is not None:
+                    row[change] = row["honest_mean_test_ppl"] / row[key] - 1.0
         rows.append(row)
     return rows
 
@@ -102,23 +117,41 @@ def write_robustness_table(out: Path) -> dict[str, Path]:
     def f(x, spec):
         return DASH if x is None else format(x, spec)
 
+    def pct(x, spec=".1f", sign="+"):
+        return DASH if x is None else f"{100 * x:{sign}{spec}}%"
+
     table = [
         [
             r["attack"],
             r["strategy"],
             f(r["honest_mean_test_ppl"], ".2f"),
             f(r["clean_honest_mean_test_ppl"], ".2f"),
-            DASH if r["change"] is None else f"{100 * r['change']:+.1f}%",
-            DASH if r["trust_mass_on_attackers"] is None else f"{100 * r['trust_mass_on_attackers']:.1f}%",
+            pct(r["change"]),
+            f(r["absent_honest_mean_test_ppl"], ".2f"),
+            pct(r["change_vs_absent"]),
+            pct(r["trust_mass_on_attackers"], sign=""),
             f(r["rejected_messages"], "d"),
         ]
         for r in rows
     ]
-    header = ["attack", "strategy", "honest ppl", "clean ppl", "change", "trust on attackers", "rejected msgs"]
+    header = [
+        "attack",
+        "strategy",
+        "honest ppl",
+        "clean ppl",
+        "vs clean",
+        "w/o attackers ppl",
+        "vs w/o",
+        "trust on attackers",
+        "rejected msgs",
+    ]
     md = (
-        "# Robustness to attackers\n\nHonest users' mean final test perplexity under each attack, the same users' "
-        "mean in the run without attackers (same strategy, data and seed), and the trust mass honest users give to "
-        "attackers in the final W (global aggregators: their bookkeeping W).\n\n" + format_table(header, table) + "\n"
+        "# Robustness to attackers\n\nHonest users' mean final test perplexity under each attack; the same users' "
+        "mean in the run where the attacking users behave honestly (clean) and in the run where they never take part "
+        "(w/o attackers: what a perfect defence leaves); same strategy, data and seed. Trust on attackers: the trust "
+        "mass honest users give to attackers in the final W (global aggregators: their bookkeeping W).\n\n"
+        + format_table(header, table)
+        + "\n"
     )
     paths = write_table_files(out, "robustness", md, rows, list(rows[0]))
     return paths

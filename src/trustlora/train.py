@@ -124,14 +124,21 @@ def activation_bytes_per_position(model, seq_len: int = 128) -> int:
     return int(layers * (24 * d + 12 * ff + 8 * heads * seq_len))
 
 
-def auto_chunk_positions(mm, seq_len: int = 128, training: bool = True) -> int:
-    """Token positions per forward under ``train.user_chunk=auto`` (see :data:`AUTO_ACTIVATION_BYTES`)."""
+def auto_chunk_positions(mm, seq_len: int = 128, training: bool = True, precision: str = "bf16") -> int:
+    """Token positions per forward under ``train.user_chunk=auto`` (see :data:`AUTO_ACTIVATION_BYTES`); fp32
+    activations take twice the bytes of bf16 ones."""
     per = activation_bytes_per_position(getattr(mm, "model", None), seq_len)
+    per *= 2 if precision == "fp32" else 1
     return max(1, AUTO_ACTIVATION_BYTES // per) * (1 if training else EVAL_CHUNK_FACTOR)
 
 
 def user_chunks(
-    mm, setting: int | str, positions_per_user: int, seq_len: int = 128, training: bool = True
+    mm,
+    setting: int | str,
+    positions_per_user: int,
+    seq_len: int = 128,
+    training: bool = True,
+    precision: str = "bf16",
 ) -> list[tuple[int, int]]:
     """Slot ranges ``[(start, stop), ...]`` covering all of ``mm``'s slots, ``setting`` users each (or 'auto': as
     many as fit in :func:`auto_chunk_positions`). One range when the model cannot run a subset of slots."""
@@ -141,7 +148,8 @@ def user_chunks(
     if isinstance(setting, int):
         c = setting
     else:
-        c = max(1, auto_chunk_positions(mm, seq_len, training) // max(1, positions_per_user))
+        prec = resolve_precision(precision, mm.device) if hasattr(mm, "device") else precision
+        c = max(1, auto_chunk_positions(mm, seq_len, training, prec) // max(1, positions_per_user))
     c = max(1, min(int(c), n))
     return [(s, min(s + c, n)) for s in range(0, n, c)]
 
@@ -195,7 +203,7 @@ def _stacked_eval(
         dev = mm.device
         ids, mask = ids.view(n * b, seq_len).to(dev), mask.view(n * b, seq_len).to(dev)
         tks = []
-        for u0, u1 in user_chunks(mm, user_chunk, b * seq_len, seq_len, training=False):
+        for u0, u1 in user_chunks(mm, user_chunk, b * seq_len, seq_len, training=False, precision=precision):
             rows = slice(u0 * b, u1 * b)
             with _slots(mm, u0, u1), autocast(precision, dev):
                 s, c, tk = stacked_loss(mm, ids[rows], u1 - u0, mask[rows], topk)
@@ -370,7 +378,9 @@ class LocalTrainer:
         self.mm.train()
         acc, b = self.cfg.grad_accum, self.cfg.batch_size
         total = torch.zeros(self.n)
-        chunks = user_chunks(self.mm, self.cfg.user_chunk, b * self.cfg.seq_len, self.cfg.seq_len)
+        chunks = user_chunks(
+            self.mm, self.cfg.user_chunk, b * self.cfg.seq_len, self.cfg.seq_len, precision=self.cfg.precision
+        )
         for _ in range(acc):
             ids = self.sample_batch()
             for u0, u1 in chunks:  # users' losses are independent: chunked backward = one stacked backward

@@ -202,13 +202,19 @@ class MultiLoRALinear(nn.Module):
         self.lowp: tuple[torch.Tensor, torch.Tensor | None] | None = None  # frozen weight pre-cast (see keep_lowp)
 
     @torch.no_grad()
-    def keep_lowp(self, dtype: torch.dtype) -> int:
+    def keep_lowp(self, dtype: torch.dtype, drop_full: bool = False) -> int:
         """Keep a ``dtype`` copy of the frozen base weight ([out, in]) and bias for autocast to ``dtype``: autocast
-        casts a weight that does not require grad again on every forward; with the copy it is cast once. The fp32
-        weight stays, so forwards outside autocast are unchanged. Returns the elements copied."""
+        casts a weight that does not require grad again on every forward; with the copy it is cast once.
+        ``drop_full=False``: the fp32 weight stays, so forwards outside autocast are unchanged. ``drop_full=True``
+        (runs whose every forward is autocast): the frozen weight itself becomes the ``dtype`` tensor, saving its
+        fp32 bytes; a forward outside autocast then computes with it upcast. Returns the elements copied."""
         w, b = self.base.weight, getattr(self.base, "bias", None)
         w = w.T if self.fan_in_fan_out else w  # GPT-2's Conv1D stores [in, out]
         self.lowp = (w.detach().to(dtype).contiguous(), None if b is None else b.detach().to(dtype))
+        if drop_full and not self.fan_in_fan_out:
+            self.base.weight.data = self.lowp[0]  # one tensor, no fp32 copy
+            if b is not None:
+                self.base.bias.data = self.lowp[1]
         return self.lowp[0].numel()
 
     def _base(self, x: torch.Tensor) -> torch.Tensor:
@@ -219,6 +225,10 @@ class MultiLoRALinear(nn.Module):
             and torch.get_autocast_dtype(dev) == self.lowp[0].dtype
         ):
             return F.linear(x, *self.lowp)  # identical to autocasting the fp32 weight
+        w = self.base.weight
+        if w.dtype != x.dtype and not torch.is_autocast_enabled(dev) and not self.fan_in_fan_out:
+            b = self.base.bias
+            return F.linear(x, w.to(x.dtype), None if b is None else b.to(x.dtype))  # weight kept only in low precision
         return self.base(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -401,11 +411,12 @@ class MultiLoRA(nn.Module):
         whose head is not a plain linear layer (those use :meth:`forward`)."""
         return plain_lm_head(self.model) if self.chunked_head else None
 
-    def keep_lowp_weights(self, dtype: torch.dtype = torch.bfloat16) -> int:
+    def keep_lowp_weights(self, dtype: torch.dtype = torch.bfloat16, drop_full: bool = False) -> int:
         """bf16 runs: every adapted layer keeps a pre-cast copy of its frozen weight
-        (:meth:`MultiLoRALinear.keep_lowp`); bit-identical results, no per-forward weight casts. Returns the elements
-        copied (memory: 2 bytes each)."""
-        return sum(layer.keep_lowp(dtype) for layer in self.layers.values())
+        (:meth:`MultiLoRALinear.keep_lowp`); bit-identical results under autocast, no per-forward weight casts.
+        ``drop_full``: the bf16 tensor replaces the fp32 weight (SmolLM2: 424 MB less). Returns the elements copied
+        (2 bytes each)."""
+        return sum(layer.keep_lowp(dtype, drop_full) for layer in self.layers.values())
 
     @torch.no_grad()
     def head_weight(self, dtype: torch.dtype) -> torch.Tensor:
