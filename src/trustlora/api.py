@@ -32,8 +32,9 @@ from trustlora.config import Config, ConfigError, dump_yaml, from_dict, load_con
 from trustlora.data.partition import Partition, build_partition
 from trustlora.data.sources import load_documents
 from trustlora.flops import forward_flops_per_token, gemm_peak_gflops, phase_costs, train_flops_per_token
+from trustlora.metrics import dominant_categories
 from trustlora.model import build_stack
-from trustlora.model.base import load_base
+from trustlora.model.base import load_base, load_tokenizer
 from trustlora.model.multilora import MultiLoRA
 from trustlora.protocol import LocalData, Protocol
 from trustlora.train import LocalTrainer, resolve_precision
@@ -76,18 +77,19 @@ def prepare(cfg: Config, ws: Workspace | None = None, log=print, users: list[int
         return ws
     ws = Workspace(key=key)
     t0 = time.time()
-    ws.model, ws.tokenizer = load_base(cfg.model, device=cfg.device)
+    ws.tokenizer = load_tokenizer(cfg.model)
+    ws.partition = prepare_data(cfg, ws.tokenizer)  # data problems surface before the model loads
+    log(
+        f"data {cfg.data.source}: {len(ws.partition.categories)} categories {ws.partition.categories}, "
+        f"{cfg.data.users} users ({time.time() - t0:.1f}s)"
+    )
+    t0 = time.time()
+    ws.model, _ = load_base(cfg.model, device=cfg.device)
     if cfg.eval.cache_base and len(users) == cfg.data.users:  # simulation: the base-eval cache key (~0.7 s to hash)
         ws.model_fp = model_fingerprint(ws.model)  # before adapters are attached
     log(
         f"model {cfg.model}: {sum(p.numel() for p in ws.model.parameters()) / 1e6:.1f}M params "
         f"({time.time() - t0:.1f}s)"
-    )
-    t0 = time.time()
-    ws.partition = prepare_data(cfg, ws.tokenizer)
-    log(
-        f"data {cfg.data.source}: {len(ws.partition.categories)} categories {ws.partition.categories}, "
-        f"{cfg.data.users} users ({time.time() - t0:.1f}s)"
     )
     ws.mm = build_stack(ws.model, len(users), cfg.lora, seed=cfg.seed, user_ids=users, n_total=cfg.data.users)
     if isinstance(ws.mm, MultiLoRA) and resolve_precision(cfg.train.precision, ws.mm.device) == "bf16":
@@ -167,10 +169,6 @@ def _agree_on_resume_round(cfg: Config, out: Path, comm, main: bool) -> int:
     if isinstance(verdict, str):
         raise ConfigError(verdict)
     return int(verdict)
-
-
-def _dominant(mixture: np.ndarray, categories: list[str]) -> list[str]:
-    return [categories[int(np.argmax(row))] for row in mixture]
 
 
 def _round_train_seconds(records: list[dict], r: int) -> float:
@@ -312,7 +310,7 @@ def run_users(cfg: Config, comm, ws: Workspace | None = None, progress: bool = T
         "precision": resolve_precision(cfg.train.precision, mm.device),
         "users": n,
         "categories": part.categories,
-        "user_categories": _dominant(part.mixture, part.categories),
+        "user_categories": dominant_categories(part.mixture, part.categories),
         "mixture": part.mixture.tolist(),
         "oracle_W": oracle_matrix(part.mixture).tolist(),
         "final_W": trusts[-1]["W"] if trusts else np.eye(n).tolist(),

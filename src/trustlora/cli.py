@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from trustlora.config import ConfigError, RunError, dump_yaml, load_config, parse_override
+from trustlora.config import ConfigError, RunError, UserError, dump_yaml, load_config, parse_override
 
 
 def _quiet_libraries() -> None:
@@ -95,15 +95,15 @@ def cmd_compare(args) -> int:
 def cmd_data(args) -> int:
     cfg = load_config(args.config, args.overrides)
     _quiet_libraries()
-    import numpy as np
 
     from trustlora.api import prepare_data
     from trustlora.data.stats import jaccard_table
+    from trustlora.metrics import dominant_categories
     from trustlora.report import format_table
 
     part = prepare_data(cfg)
     splits = [u.train for u in part.users]
-    cats = [part.categories[int(np.argmax(r))] for r in part.mixture]
+    cats = dominant_categories(part.mixture, part.categories)
     rows = [[f"u{i}", cats[i], len(u.train), len(u.val), len(u.test)] for i, u in enumerate(part.users)]
     print(format_table(["user", "category", "train", "val", "test"], rows))
     print(
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers["robustness"] = cmd_robustness
     try:
         return handlers[args.command](args)
-    except ConfigError as e:
+    except UserError as e:  # config, data, model, run directory: one line
         print(f"trustlora: error: {e}", file=sys.stderr)
         return 2
     except RunError as e:

@@ -26,7 +26,12 @@ class RunError(RuntimeError):
     what happened and how to resume."""
 
 
-class ConfigError(ValueError):
+class UserError(ValueError):
+    """Anything a user can cause and fix (config, data, model, a missing run directory): the CLI prints its one line
+    and exits 2, no traceback. Every such error of the package derives from it."""
+
+
+class ConfigError(UserError):
     """A user error in the configuration: one line naming the field and what is expected."""
 
 

@@ -53,6 +53,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from trustlora.cache import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
+from trustlora.metrics import dominant_categories, mean_std  # noqa: E402
 
 __all__ = [
     "format_table",
@@ -237,8 +238,8 @@ def _dominant_categories(summary: dict, n: int) -> list[str]:
             out[i] = "+".join(str(e) for e in entry)
         elif isinstance(mix, list) and i < len(mix) and isinstance(cats, list):
             row = _floats(mix[i])
-            if row and len(row) == len(cats) and not all(math.isnan(v) for v in row):
-                out[i] = str(cats[int(np.nanargmax(row))])
+            if row and len(row) == len(cats):
+                out[i] = dominant_categories([row], cats)[0] or DASH
     return out
 
 
@@ -707,7 +708,7 @@ def _aggregate(rows: list[dict]) -> list[dict]:
             {
                 "strategy": strategy,
                 "mean_test_ppl": float(np.mean(vals)),
-                "std_test_ppl": float(np.std(vals, ddof=1)) if len(vals) >= 2 else 0.0,
+                "std_test_ppl": mean_std(vals)[1],  # None for one seed
                 "n_seeds": len(rs),
                 "seeds": [r.get("seed") for r in rs],
                 "wall_time_s": float(np.mean(walls)) if walls else float("nan"),
@@ -721,7 +722,7 @@ def _aggregate(rows: list[dict]) -> list[dict]:
 def _plot_comparison(path: Path, agg: list[dict], base: float, best: set[str], title: str) -> Path:
     names = [a["strategy"] for a in agg]
     means = np.asarray([a["mean_test_ppl"] for a in agg], dtype=float)
-    stds = np.asarray([a["std_test_ppl"] for a in agg], dtype=float)
+    stds = np.asarray([np.nan if a["std_test_ppl"] is None else a["std_test_ppl"] for a in agg], dtype=float)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(names) + 2.5), 4.2))
     colors = ["tab:orange" if s in best else "tab:blue" for s in names]
     x = np.arange(len(names))
@@ -767,7 +768,10 @@ def write_comparison(rows: list[dict], out_dir: Path, title: str) -> dict[str, P
     finite = [a["mean_test_ppl"] for a in agg if math.isfinite(a["mean_test_ppl"])]
     best = {a["strategy"] for a in agg if finite and a["mean_test_ppl"] == min(finite)}
 
-    # CSV: header starts exactly with strategy,mean_test_ppl,std_test_ppl.
+    # CSV: header starts exactly with strategy,mean_test_ppl,std_test_ppl (std empty for one seed).
+    def std_cell(s: float | None) -> str:
+        return "" if s is None else repr(s)
+
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["strategy", "mean_test_ppl", "std_test_ppl", "n_seeds", "wall_time_s", "same_category_mass"])
@@ -776,7 +780,7 @@ def write_comparison(rows: list[dict], out_dir: Path, title: str) -> dict[str, P
         wall_cell = repr(wall) if math.isfinite(wall) else ""
         scm_cell = repr(a["same_category_mass"]) if a["same_category_mass"] is not None else ""
         writer.writerow(
-            [a["strategy"], repr(a["mean_test_ppl"]), repr(a["std_test_ppl"]), a["n_seeds"], wall_cell, scm_cell]
+            [a["strategy"], repr(a["mean_test_ppl"]), std_cell(a["std_test_ppl"]), a["n_seeds"], wall_cell, scm_cell]
         )
     paths = {"csv": atomic_write_text(out_dir / "comparison.csv", buf.getvalue())}
 

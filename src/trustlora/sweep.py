@@ -23,6 +23,7 @@ import numpy as np
 
 from trustlora.cache import atomic_write_json, atomic_write_text
 from trustlora.config import ConfigError, load_config, parse_override
+from trustlora.metrics import mean_std
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:
@@ -53,17 +54,13 @@ def mean_val_ppl(summary: dict) -> float | None:
     return None
 
 
-def _mean_std(vals: list[float]) -> tuple[float, float]:
-    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
-
-
 def point_row(point: dict, summaries: list[dict]) -> dict:
     """One table row: the point's keys, mean ± std over seeds of the mean val ppl (None if a seed lacks it)
     and of the mean test ppl, and the number of seeds."""
     test = [float(s["final_mean_test_ppl"]) for s in summaries]
     val = [mean_val_ppl(s) for s in summaries]
-    m_val, s_val = _mean_std(val) if val and all(v is not None for v in val) else (None, None)
-    m_test, s_test = _mean_std(test)
+    m_val, s_val = mean_std(val) if val and all(v is not None for v in val) else (None, None)
+    m_test, s_test = mean_std(test)
     return {
         **point,
         "mean_val_ppl": m_val,
@@ -170,7 +167,7 @@ def _plot(path: Path, rows: list[dict], keys: list[str], best: int | None) -> No
     x = np.arange(len(rows))
     val = [np.nan if r["mean_val_ppl"] is None else r["mean_val_ppl"] for r in rows]
     ax.bar(x - 0.2, val, 0.4, yerr=[r["std_val_ppl"] or 0.0 for r in rows], color="tab:green", capsize=3, label="val")
-    ax.bar(x + 0.2, [r["mean_test_ppl"] for r in rows], 0.4, yerr=[r["std_test_ppl"] for r in rows],
+    ax.bar(x + 0.2, [r["mean_test_ppl"] for r in rows], 0.4, yerr=[r["std_test_ppl"] or 0.0 for r in rows],
            color="tab:blue", capsize=3, label="test")  # fmt: skip
     if best is not None:
         ax.axvspan(best - 0.5, best + 0.5, color="tab:orange", alpha=0.2, label="best (on val)")

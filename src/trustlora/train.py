@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from trustlora.config import TrainConfig
 from trustlora.loss import head_scores, linear_cross_entropy, next_token_labels
+from trustlora.metrics import ppl_from_loss
 from trustlora.model.multilora import MultiLoRA
 
 
@@ -238,7 +239,7 @@ def evaluate(
     finally:
         mm.adapters_enabled(True)
     loss = (total / count.clamp_min(1).double()).tolist()
-    return loss, [math.exp(min(x, 50.0)) for x in loss]
+    return loss, [ppl_from_loss(x) for x in loss]
 
 
 def cross_losses(

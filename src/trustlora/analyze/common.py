@@ -37,8 +37,9 @@ from trustlora.report import (  # noqa: E402
     load_summary,
 )
 from trustlora.report import _save_png as _save_png  # noqa: E402  (re-exported for the analysis modules)
+from trustlora.trust import names  # noqa: E402
 
-STRATEGY_ORDER = ("local", "fedavg", "oracle", "weights", "validation", "predictions")
+STRATEGY_ORDER = tuple(names())  # display order = the registry's (paper six, robust baselines, then plug-ins)
 _RUN_NAME_RE = re.compile(r"^(?P<strategy>.+)-seed(?P<seed>\d+)$")
 
 

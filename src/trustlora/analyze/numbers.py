@@ -14,15 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from trustlora.metrics import mean_std  # noqa: F401  (re-exported: trustlora.analyze.mean_std)
 from trustlora.report import _is_number
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
-    """Mean and sample std (ddof=1) of ``values``; the std is ``None`` with fewer than two values."""
-    v = np.asarray(list(values), dtype=float)
-    if not v.size:
-        return float("nan"), None
-    return float(np.mean(v)), float(np.std(v, ddof=1)) if v.size >= 2 else None
 
 
 def trust_closeness(w: Any, oracle: Any | None, categories: Sequence[Any] | None) -> tuple[float, float]:
