@@ -104,3 +104,15 @@ def test_run_with_full_finetuning_end_to_end(tiny_overrides, tmp_path):
     assert summary["final_mean_test_ppl"] < summary["base_mean_test_ppl"]
     assert summary["precision"] == "fp32"  # the precision the run resolved to is recorded
     assert (out / "adapters" / "user_0" / "model.safetensors").exists()
+
+
+def test_both_stacks_implement_the_user_stack_protocol():
+    from trustlora.config import LoraConfig
+    from trustlora.model import UserStack, build_stack
+    from trustlora.model.base import tiny_random_model
+
+    for targets in (["all"], ["full"]):
+        stack = build_stack(tiny_random_model(seed=0), 2, LoraConfig(targets=targets))
+        assert isinstance(stack, UserStack), targets
+        flat = stack.get_flat()
+        assert flat.shape == (2, stack.num_adapter_params())

@@ -138,7 +138,7 @@ class MetricsLog:
 
 
 def _save_checkpoint(out: Path, round_: int, proto: Protocol, train_time: float, comm, main: bool) -> None:
-    """Save this process's state, then (after every process did) commit the round; ``comm`` None = one process."""
+    """Save this process's state, then (after every process did) commit the round."""
     state = {
         "round": round_,
         "adapters": proto.mm.get_flat(),
@@ -148,12 +148,10 @@ def _save_checkpoint(out: Path, round_: int, proto: Protocol, train_time: float,
     }
     first = proto.users[0]
     ckpt.save(out, first, round_, state)
-    if comm is not None:
-        comm.gather_objects(None)  # barrier: every process saved round_
+    comm.barrier()  # every process saved round_
     if main:
         ckpt.commit(out, round_)
-    if comm is not None:
-        comm.gather_objects(None)  # barrier: round_ is committed everywhere
+    comm.barrier()  # round_ is committed everywhere
     ckpt.prune(out, first, round_)
 
 
@@ -212,10 +210,10 @@ def run_users(cfg: Config, comm, ws: Workspace | None = None, progress: bool = T
 
     users = comm.local_users
     main = users[0] == 0
-    distributed = len(users) != cfg.data.users
+    all_here = len(users) == cfg.data.users  # every user in this process: the base-eval cache key covers them all
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     cfg.out = str(out)
-    start_round = _agree_on_resume_round(cfg, out, comm, main) if distributed else ckpt.resume_round(cfg, out)
+    start_round = _agree_on_resume_round(cfg, out, comm, main)
     ws = prepare(cfg, ws, log=log if main else (lambda *a: None), users=users)
     out.mkdir(parents=True, exist_ok=True)
     if main:
@@ -235,7 +233,7 @@ def run_users(cfg: Config, comm, ws: Workspace | None = None, progress: bool = T
         out / "metrics.jsonl" if main else out / f".metrics.rank{users[0]}.jsonl",
         keep_until_round=start_round if start_round else None,
     )
-    record = metrics if not distributed else (lambda rec: metrics(merge_records(comm.gather_objects(rec))))
+    record = lambda rec: metrics(merge_records(comm.gather_objects(rec)))  # noqa: E731  (one process: identity)
     bar = tqdm(total=cfg.train.steps, desc=f"{cfg.strategy}", unit="step", disable=not (progress and main), leave=True)
     proto = Protocol(
         mm,
@@ -257,12 +255,12 @@ def run_users(cfg: Config, comm, ws: Workspace | None = None, progress: bool = T
         train_time = state["train_time"]
         bar.update(sum(proto.schedule[:start_round]))
         log(f"resuming {out} after round {start_round}")
-    elif ws.base_eval and not distributed:
+    elif ws.base_eval and all_here:
         for rec in ws.base_eval:
             metrics(rec)
     else:
         key = None
-        if not distributed and cfg.eval.cache_base and ws.model_fp:
+        if all_here and cfg.eval.cache_base and ws.model_fp:
             prec = resolve_precision(cfg.train.precision, mm.device)
             key = base_eval.base_eval_key(ws.model_fp, data.val, data.test, cfg, prec, mm.device)
         cached = base_eval.load(key) if key else None
@@ -284,15 +282,14 @@ def run_users(cfg: Config, comm, ws: Workspace | None = None, progress: bool = T
             os.kill(os.getpid(), signal.SIGKILL)
         proto.run_round(r, step_callback=lambda: (bar.set_postfix_str("train", refresh=False), bar.update(1)))
         train_time += _round_train_seconds(metrics.records, r)
-        _save_checkpoint(out, r, proto, train_time, comm if distributed else None, main)
+        _save_checkpoint(out, r, proto, train_time, comm, main)
     bar.close()
     mm.eval()
     wall = time.time() - wall0
 
     for slot, u in enumerate(users):
         mm.export(slot, out / "adapters" / f"user_{u}", base_name=cfg.model)
-    if distributed:
-        comm.gather_objects(None)  # every process has finished its last round before checkpoints go
+    comm.barrier()  # every process has finished its last round before checkpoints go
     if not main:
         (out / f".metrics.rank{users[0]}.jsonl").unlink(missing_ok=True)
         ckpt.clear(out, users[0], main)

@@ -1,10 +1,13 @@
-"""Communicators: how users exchange messages. All operations are collective all-gathers of tensors.
+"""Communicators: the only transport seam. Every implementation offers the same calls, so neither the round
+(``protocol.py``) nor the run loop (``api.run_users``) branches on the runtime.
 
-``InProcess`` hosts every user in one process (simulation). A torch.distributed implementation hosts
-a slice of the users per rank and implements the same two calls, so ``protocol.py`` never changes::
+``InProcess`` hosts every user in one process (simulation: gathers are the identity). ``TorchDistributed``
+(``comm/distributed.py``) hosts a slice of the users per rank::
 
     comm = InProcess(n_users=6)
-    everyone = comm.all_gather(local_rows, kind="delta")   # [n_local, ...] -> [N, ...]
+    everyone = comm.all_gather(local_rows, kind="delta")   # [n_local, ...] -> [N, ...]  (bytes counted per kind)
+    parts = comm.gather_objects(record)                      # every process's Python object, in rank order
+    comm.barrier()                                           # every process got here
     comm.sent_bytes()   # {"delta": bytes per user this round, ...}
 """
 
@@ -20,6 +23,10 @@ class Communicator(Protocol):
     local_users: list[int]
 
     def all_gather(self, local: torch.Tensor, kind: str) -> torch.Tensor: ...
+
+    def gather_objects(self, obj) -> list: ...
+
+    def barrier(self) -> None: ...
 
     def sent_bytes(self) -> dict[str, int]: ...
 
@@ -56,3 +63,9 @@ class InProcess(ByteCounter):
             raise ValueError(f"in-process all_gather expects all {self.n_users} users, got {local.shape[0]}")
         self.count(local, kind)
         return local
+
+    def gather_objects(self, obj) -> list:
+        return [obj]
+
+    def barrier(self) -> None:
+        return None

@@ -53,3 +53,7 @@ class TorchDistributed(ByteCounter):
         out = [None] * self.world
         dist.all_gather_object(out, obj)
         return out
+
+    def barrier(self) -> None:
+        """Every rank got here (an object gather: bounded by the process group's timeout, like every collective)."""
+        self.gather_objects(None)

@@ -1,14 +1,68 @@
-"""Base-model loading and the stacked multi-user models (LoRA adapters, or full fine-tuning)."""
+"""Base-model loading and the stacked multi-user models (LoRA adapters, or full fine-tuning).
+
+Both stacks implement :class:`UserStack`, the interface the trainer, the round and the run loop use; an optional
+part (user chunking and the chunked LM head) is present only where the stack supports it (``MultiLoRA``).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
 from torch import nn
 
 from trustlora.config import LoraConfig
 
 
-def build_stack(model: nn.Module, n_users: int, cfg: LoraConfig, **kw) -> nn.Module:
-    """``MultiFull`` for ``lora.targets=[full]``, else ``MultiLoRA`` (same interface)."""
+@runtime_checkable
+class UserStack(Protocol):
+    """N users' trainable parameters on one frozen base model, run as one user-major batch ``[N*B, T]``."""
+
+    n_users: int
+    """Users (slots) hosted here."""
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        """Every trainable tensor, each ``[N, ...]`` (slot-major), in a fixed order."""
+        ...
+
+    def num_adapter_params(self) -> int:
+        """Trainable parameters per user."""
+        ...
+
+    def reset_adapters(self, seed: int) -> None:
+        """Fresh per-user parameters for model seed ``seed``."""
+        ...
+
+    def get_flat(self) -> torch.Tensor:
+        """``[N, P]`` fp32: every user's parameters as one vector (what the round exchanges)."""
+        ...
+
+    def set_flat(self, flat: torch.Tensor) -> None:
+        """Inverse of :meth:`get_flat`."""
+        ...
+
+    def adapters_enabled(self, on: bool) -> None:
+        """Off: the frozen base model alone (base-model evaluation)."""
+        ...
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``[N*B, T]`` user-major ids -> logits ``[N*B, T, V]``."""
+        ...
+
+    def export(self, user: int, out_dir: str | Path, base_name: str) -> Path:
+        """Write user ``user``'s trained parameters where a user can load them (PEFT adapter, or a full model)."""
+        ...
+
+    # optional (MultiLoRA): ``slots(start, stop)`` (user chunking), ``lm_head`` / ``hidden(ids)`` /
+    # ``head_weight(dtype)`` (loss in chunks without full logits), ``dropout_state()`` / ``load_dropout_state()``.
+
+
+def build_stack(model: nn.Module, n_users: int, cfg: LoraConfig, **kw) -> UserStack:
+    """``MultiFull`` for ``lora.targets=[full]``, else ``MultiLoRA`` (same :class:`UserStack` interface)."""
     from trustlora.model.multifull import MultiFull, is_full
     from trustlora.model.multilora import MultiLoRA
 
