@@ -170,9 +170,9 @@ class TrainConfig:
     CPUs with AVX512-BF16/AMX), fp32 elsewhere (emulated bf16 is far slower than fp32)."""
     user_chunk: int | str = "auto"
     """Users per forward/backward (training, evaluation and trust passes): an integer, or 'auto' = as many as keep
-    ~1.5 GiB of activations for the backward (estimated from the model's shape: ~1,400 positions for SmolLM2, i.e.
-    2 users at batch 4 x 128; 8x that for evaluation passes), so memory is bounded by the chunk, not by N. Results
-    equal one stacked pass over all users (each user keeps its own dropout stream)."""
+    ~1.5 GiB of activations for the backward (estimated from the model's shape: ~900 positions for SmolLM2, i.e.
+    1 user at batch 4 x 128, 7 at batch 1 x 128; 8x that for evaluation passes), so memory is bounded by the chunk,
+    not by N. Results equal one stacked pass over all users (each user keeps its own dropout stream)."""
 
     def validate(self) -> None:
         _check(
