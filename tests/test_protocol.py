@@ -177,8 +177,29 @@ def test_base_eval_cached_on_disk_and_keyed(tiny_overrides, tmp_path, _private_b
     b1, b2 = base(first), base(second)
     assert not any(r.get("cached") for r in b1) and all(r.get("cached") for r in b2)
     assert [r["loss"] for r in b1] == [r["loss"] for r in b2]
+    s1, s2 = (json.loads((d / "summary.json").read_text())["phases"]["eval"] for d in (first, second))
+    assert s2["flops"] < s1["flops"]  # the replayed base evaluation costs the second run nothing
     third, _ = _run(tiny_overrides, tmp_path, "c", ["strategy=local", "train.seq_len=16"])
     assert not any(r.get("cached") for r in base(third))
     assert len(list(_private_base_eval_cache.iterdir())) == 2
     off, _ = _run(tiny_overrides, tmp_path, "d", ["strategy=local", "eval.cache_base=false"])
     assert not any(r.get("cached") for r in base(off))
+
+
+def test_shared_workspace_replays_base_eval_at_no_cost(tiny_overrides, tmp_path):
+    """compare/robustness share one Workspace: the second run replays the base eval and its phases say so."""
+    from trustlora.cli import main
+
+    out = tmp_path / "cmp"
+    assert (
+        main(
+            ["compare", "--no-progress", "strategies=local,fedavg", "eval.cache_base=false", f"out={out}"]
+            + list(tiny_overrides)
+        )
+        == 0
+    )
+    recs = [json.loads(x) for x in (out / "fedavg-seed0" / "metrics.jsonl").read_text().splitlines()]
+    base = [r for r in recs if r.get("model") == "base"]
+    assert base and all(r["cached"] and r["seconds"] == 0.0 and r["positions"] == 0 for r in base)
+    ph = json.loads((out / "fedavg-seed0" / "summary.json").read_text())["phases"]
+    assert ph["total"]["seconds"] >= ph["train"]["seconds"] + ph["eval"]["seconds"]

@@ -257,7 +257,7 @@ def run_users(cfg: Config, comm, ws: Workspace | None = None, progress: bool = T
         log(f"resuming {out} after round {start_round}")
     elif ws.base_eval and all_here:
         for rec in ws.base_eval:
-            metrics(rec)
+            metrics(base_eval.replayed(rec))  # computed by an earlier run of this comparison
     else:
         key = None
         if all_here and cfg.eval.cache_base and ws.model_fp:
@@ -266,7 +266,7 @@ def run_users(cfg: Config, comm, ws: Workspace | None = None, progress: bool = T
         cached = base_eval.load(key) if key else None
         if cached:
             for rec in cached:
-                metrics(rec)
+                metrics(rec)  # from the disk cache (replayed: no compute in this run)
         else:
             proto.evaluate_base()
             if key:

@@ -75,8 +75,15 @@ def load(key: str) -> list[dict] | None:
         return None  # a damaged entry is recomputed (and overwritten)
     if not isinstance(recs, list) or not all(isinstance(r, dict) and r.get("model") == "base" for r in recs):
         return None
-    # replayed: this run spent no time or FLOPs on them (phase accounting), the original cost is kept beside
-    return [{**r, "cached": True, "seconds": 0.0, "positions": 0, "measured_seconds": r.get("seconds")} for r in recs]
+    return [replayed(r) for r in recs]
+
+
+def replayed(rec: dict) -> dict:
+    """A base-eval record reused by another run: this run spent no time or FLOPs on it (phase accounting); the
+    original cost is kept beside."""
+    if rec.get("cached"):
+        return dict(rec)
+    return {**rec, "cached": True, "seconds": 0.0, "positions": 0, "measured_seconds": rec.get("seconds")}
 
 
 def save(key: str, records: list[dict]) -> None:

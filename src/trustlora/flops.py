@@ -75,7 +75,8 @@ def phase_costs(records: list[dict], fwd_per_token: float, train_per_token: floa
 
     Phases: 'train' (local steps), 'trust' (messages, trust scores, aggregation: its forwards are the val / X_S
     passes), 'eval' (held-out evaluation, base model included) and 'other' (wall time left: checkpoints, export,
-    bookkeeping). Records without ``seconds`` (runs of older versions) count as 0.
+    bookkeeping). Records without ``seconds`` (runs of older versions) count as 0, as do replayed base-model
+    evaluations (:func:`trustlora.base_eval.replayed`).
     """
     out: dict = {}
     for phase, kind, per_token in (
