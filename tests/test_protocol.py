@@ -7,7 +7,7 @@ import torch
 
 from trustlora import api
 from trustlora.config import ConfigError, load_config
-from trustlora.protocol import Protocol, round_schedule
+from trustlora.protocol import Rounds, round_schedule
 from trustlora.train import cross_losses, evaluate, topk_predictions
 
 
@@ -64,19 +64,19 @@ def test_outputs_and_metrics(tiny_overrides, tmp_path):
 
 def test_resume_after_crash_gives_identical_result(tiny_overrides, tmp_path, monkeypatch):
     ref, _ = _run(tiny_overrides, tmp_path, "ref", ["strategy=weights"])
-    orig = Protocol.run_round
+    orig = Rounds.run_round
 
     def crashing(self, r, step_callback=None):
         if r == 3:
             raise RuntimeError("simulated crash")
         return orig(self, r, step_callback)
 
-    monkeypatch.setattr(Protocol, "run_round", crashing)
+    monkeypatch.setattr(Rounds, "run_round", crashing)
     with pytest.raises(RuntimeError, match="simulated crash"):
         _run(tiny_overrides, tmp_path, "crash", ["strategy=weights"])
     assert json.loads((tmp_path / "crash" / "checkpoint.json").read_text()) == {"round": 2}
     assert [p.name for p in (tmp_path / "crash" / "checkpoint").iterdir()] == ["u0-r2.pt"]  # older rounds pruned
-    monkeypatch.setattr(Protocol, "run_round", orig)
+    monkeypatch.setattr(Rounds, "run_round", orig)
     resumed, _ = _run(tiny_overrides, tmp_path, "crash", ["strategy=weights"])
     for a, b in zip(_adapters(ref), _adapters(resumed), strict=True):
         torch.testing.assert_close(a, b)
@@ -87,10 +87,10 @@ def test_resume_after_crash_gives_identical_result(tiny_overrides, tmp_path, mon
     with pytest.raises(ConfigError, match="already holds a finished run"):
         _run(tiny_overrides, tmp_path, "crash", ["strategy=weights"])
     # a different config does not resume into someone else's checkpoint
-    monkeypatch.setattr(Protocol, "run_round", crashing)
+    monkeypatch.setattr(Rounds, "run_round", crashing)
     with pytest.raises(RuntimeError):
         _run(tiny_overrides, tmp_path, "crash2", ["strategy=weights"])
-    monkeypatch.setattr(Protocol, "run_round", orig)
+    monkeypatch.setattr(Rounds, "run_round", orig)
     with pytest.raises(ConfigError, match="different config"):
         _run(tiny_overrides, tmp_path, "crash2", ["strategy=fedavg"])
 

@@ -36,7 +36,7 @@ from trustlora.metrics import dominant_categories
 from trustlora.model import build_stack
 from trustlora.model.base import load_base, load_tokenizer
 from trustlora.model.multilora import MultiLoRA
-from trustlora.protocol import LocalData, Protocol
+from trustlora.protocol import LocalData, Rounds
 from trustlora.train import LocalTrainer, resolve_precision
 from trustlora.trust.oracle import oracle_matrix
 from trustlora.trust.quality import merge_quality, trust_quality
@@ -137,7 +137,7 @@ class MetricsLog:
             f.flush()
 
 
-def _save_checkpoint(out: Path, round_: int, proto: Protocol, train_time: float, comm, main: bool) -> None:
+def _save_checkpoint(out: Path, round_: int, proto: Rounds, train_time: float, comm, main: bool) -> None:
     """Save this process's state, then (after every process did) commit the round."""
     state = {
         "round": round_,
@@ -235,7 +235,7 @@ def run_users(cfg: Config, comm, ws: Workspace | None = None, progress: bool = T
     )
     record = lambda rec: metrics(merge_records(comm.gather_objects(rec)))  # noqa: E731  (one process: identity)
     bar = tqdm(total=cfg.train.steps, desc=f"{cfg.strategy}", unit="step", disable=not (progress and main), leave=True)
-    proto = Protocol(
+    proto = Rounds(
         mm,
         trainer,
         data,

@@ -4,7 +4,7 @@ The protocol only talks to the outside through a :class:`~trustlora.comm.Communi
 and a ``record`` callback (metrics records as dicts), so the in-process simulation and a multi-process
 runtime run the very same code::
 
-    proto = Protocol(mm, trainer, data, cfg, comm, mixture, record=print)
+    proto = Rounds(mm, trainer, data, cfg, comm, mixture, record=print)
     proto.evaluate_base()
     for r in range(1, len(proto.schedule) + 1):
         proto.run_round(r)
@@ -51,7 +51,10 @@ class LocalData:
     reference: torch.Tensor
 
 
-class Protocol:
+class Rounds:
+    """Algorithm 1's rounds for the users this process hosts: local steps, exchange, trust, aggregation, evaluation
+    (named so as not to shadow ``typing.Protocol``)."""
+
     def __init__(
         self,
         mm: MultiLoRA,
