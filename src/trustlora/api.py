@@ -84,7 +84,7 @@ def prepare(cfg: Config, ws: Workspace | None = None, log=print, users: list[int
         f"{cfg.data.users} users ({time.time() - t0:.1f}s)"
     )
     t0 = time.time()
-    ws.model, _ = load_base(cfg.model, device=cfg.device)
+    ws.model, _ = load_base(cfg.model, device=cfg.device, tokenizer=ws.tokenizer)
     if cfg.eval.cache_base and len(users) == cfg.data.users:  # simulation: the base-eval cache key (~0.7 s to hash)
         ws.model_fp = model_fingerprint(ws.model)  # before adapters are attached
     log(

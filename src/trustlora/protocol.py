@@ -192,7 +192,8 @@ class Rounds:
 
     def present(self, r: int) -> torch.Tensor:
         """[N] bool: who takes part in round r (``faults.dropout_prob``: each user misses a round independently,
-        seeded by (seed, round) so every process draws the same; ``attack.kind=absent``: the listed users never)."""
+        seeded by (seed, round) so every process draws the same; ``attack.kind=absent``: the listed users miss every
+        round)."""
         p = self.cfg.faults.dropout_prob
         present = torch.ones(self.comm.n_users, dtype=torch.bool)
         if p > 0:

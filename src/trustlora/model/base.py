@@ -173,11 +173,13 @@ def cpu_attention(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
     return model
 
 
-def load_base(name: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
-    """Return ``(model, tokenizer)`` for a config model name; the model is frozen and in eval mode."""
+def load_base(name: str, dtype: torch.dtype = torch.float32, device: str = "cpu", tokenizer=None):
+    """Return ``(model, tokenizer)`` for a config model name; the model is frozen and in eval mode. ``tokenizer``:
+    one already loaded by :func:`load_tokenizer` (the run loads it first, for the data), used instead of loading it
+    again."""
     dev = resolve_device(device)
     if name == "tiny-random":
-        tok = tiny_tokenizer()
+        tok = tokenizer if tokenizer is not None else tiny_tokenizer()
         return _freeze(cpu_attention(tiny_random_model(len(tok)).to(dev), dev)), tok
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -186,7 +188,7 @@ def load_base(name: str, dtype: torch.dtype = torch.float32, device: str = "cpu"
     if (local.is_absolute() or path.startswith(".")) and not local.exists():
         raise ModelLoadError(f"model: local path '{path}' does not exist")
     try:
-        tok = AutoTokenizer.from_pretrained(path)
+        tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
