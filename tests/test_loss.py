@@ -46,6 +46,26 @@ def test_linear_ce_matches_cross_entropy_and_grads(rows):
     assert torch.equal(out[labels == -100], torch.zeros(2, dtype=out.dtype))
 
 
+@pytest.mark.parametrize("rows", [1, 7, 10_000])
+def test_linear_ce_frozen_head_gradient_from_forward(rows):
+    """Frozen head (only hidden needs a gradient): the gradient computed in the forward, scaled in the backward,
+    equals autograd through the full logits, for any upstream gradient and any chunking."""
+    g = torch.Generator().manual_seed(4)
+    h = torch.randn(23, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(31, 8, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 31, (23,), generator=g)
+    labels[[0, 22]] = -100
+    ref = F.cross_entropy(F.linear(h, w), labels, reduction="none", ignore_index=-100)
+    out = linear_cross_entropy(h, w, None, labels, rows=rows)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-6, atol=1e-6)
+    for seed in (0, 1):
+        upstream = torch.randn(23, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        (gr,) = torch.autograd.grad((ref * upstream).sum(), h, retain_graph=True)
+        (go,) = torch.autograd.grad((out.double() * upstream).sum(), h, retain_graph=True)
+        torch.testing.assert_close(go, gr, rtol=1e-6, atol=1e-6)
+    assert torch.equal(out[labels == -100], torch.zeros(2, dtype=out.dtype))
+
+
 def test_head_scores_topk_matches_softmax_topk():
     g = torch.Generator().manual_seed(3)
     h, w = torch.randn(19, 8, generator=g), torch.randn(40, 8, generator=g)
