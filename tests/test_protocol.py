@@ -203,3 +203,55 @@ def test_shared_workspace_replays_base_eval_at_no_cost(tiny_overrides, tmp_path)
     assert base and all(r["cached"] and r["seconds"] == 0.0 and r["positions"] == 0 for r in base)
     ph = json.loads((out / "fedavg-seed0" / "summary.json").read_text())["phases"]
     assert ph["total"]["seconds"] >= ph["train"]["seconds"] + ph["eval"]["seconds"]
+
+
+def _rounds(cfg):
+    from trustlora.comm import InProcess
+    from trustlora.protocol import LocalData
+    from trustlora.train import LocalTrainer
+
+    ws = api.prepare(cfg, log=lambda *a: None)
+    part = ws.partition
+    users = part.users
+    data = LocalData([u.train for u in users], [u.val for u in users], [u.test for u in users], part.reference)
+    trainer = LocalTrainer(ws.mm, data.train, cfg.train, seed=cfg.seed)
+    return Rounds(ws.mm, trainer, data, cfg, InProcess(len(users)), part.mixture, record=lambda r: None)
+
+
+def test_validation_update_candidates_score_own_model_plus_peer_update(tiny_overrides):
+    """trust.val_candidate=update: S_ij = CE on i's val of (i's model before the round + j's update); a flipped
+    update scores as what it does to the receiver, and the unit is the best candidate's gain over 'before'."""
+    cfg = load_config(None, tiny_overrides + ["strategy=validation", "trust.val_candidate=update"])
+    proto = _rounds(cfg)
+    mm = proto.mm
+    g = torch.Generator().manual_seed(0)
+    before = mm.get_flat() + torch.randn(mm.get_flat().shape, generator=g) * 0.02
+    delta = torch.randn(before.shape, generator=g) * 0.05
+    cross = proto._val_cross(delta, before=before)
+    val = proto.data.val
+    for i in range(3):
+        for j in range(3):
+            cand = before.clone()
+            cand[:] = before[i] + delta[j]
+            mm.set_flat(cand)
+            ref = cross_losses(mm, val[i], 32, cfg.eval.batch_size, "fp32", cfg.trust.val_tokens)[0]
+            assert cross[i, j].item() == pytest.approx(ref.item(), rel=1e-6)
+    # through exchange: what each row trusts follows the candidates' scores, and honest users' rows stay stochastic
+    mm.set_flat(before)
+    proto.trainer.step()
+    after = mm.get_flat()
+    w, scores, _ = proto.exchange(before, after, 1)
+    torch.testing.assert_close(w.sum(1), torch.ones(3, dtype=w.dtype))
+    torch.testing.assert_close(scores, proto._val_cross(after - before, before=before), rtol=1e-6, atol=1e-6)
+    assert torch.argmax(w, 1).tolist() == torch.argmin(scores, 1).tolist()
+
+
+def test_validation_candidate_auto_follows_the_mode():
+    from trustlora.config import TrustConfig
+    from trustlora.trust.validation import candidate
+
+    assert candidate(TrustConfig(val_candidate="auto")) == "update"
+    assert candidate(TrustConfig(val_candidate="auto", mode="weight")) == "model"
+    assert candidate(TrustConfig(val_candidate="auto", apply=False)) == "model"
+    with pytest.raises(ConfigError, match="trust.val_candidate"):
+        load_config(None, ["trust.val_candidate=peer"])

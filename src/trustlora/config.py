@@ -256,6 +256,12 @@ class TrustConfig:
     """Strategy 'validation', relative scale: what z = 0 is. 'best' (default): the best model in the row (self
     competes like any peer); 'self': the user's own model's CE, so every peer at least as good as it shares the top
     weight (more oracle-like W, slightly worse val ppl in our measurements; src/trustlora/trust/validation.py)."""
+    val_candidate: str = "model"
+    """Strategy 'validation': what a peer's score measures. 'model': peer j's published model theta_j (the paper);
+    'update': the receiver's own model before the round plus j's published update (what update mode actually mixes
+    in), the unit being the best such candidate's gain over the receiver's model before the round; 'auto' = 'update'
+    in update mode, 'model' in weight mode. 'model' trusts a peer whose model is good but whose update is a lie
+    (sign_flip, noise); see README 'Faulty and lying peers'."""
 
     def validate(self) -> None:
         _check(
@@ -308,6 +314,12 @@ class TrustConfig:
             self.krum_select,
         )
         _check(self.val_reference in ("self", "best"), "trust.val_reference", "'self' or 'best'", self.val_reference)
+        _check(
+            self.val_candidate in ("auto", "model", "update"),
+            "trust.val_candidate",
+            "'auto', 'model' or 'update'",
+            self.val_candidate,
+        )
 
 
 @dataclass

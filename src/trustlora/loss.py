@@ -8,9 +8,10 @@ No ``[M, V]`` logits tensor is ever held. With a frozen head (training adapters)
 each row's nll and its gradient with respect to the hidden state up to the incoming per-row scale, ``(softmax -
 onehot) @ W`` (as fused linear-cross-entropy kernels do); the backward only multiplies by ``grad_nll``. When the head
 itself needs a gradient the forward keeps the hidden states and the backward recomputes one chunk of logits at a
-time. Either way the memory of the loss is one chunk (``CHUNK_BYTES`` of fp32 logits) instead of several copies of all logits (with SmolLM2's 49,152
-token vocabulary, 6 users x 4 x 128 positions are 600 MB per fp32 copy). Under bf16 autocast the head matmuls run
-in bf16 and log-softmax in fp32, as in the unfused path (logits.float() then F.cross_entropy).
+time. Either way the memory of the loss is one chunk (``CHUNK_BYTES`` of fp32 logits) instead of several copies of
+all logits (with SmolLM2's 49,152 token vocabulary, 6 users x 4 x 128 positions are 600 MB per fp32 copy). Under bf16
+autocast the head matmuls run in bf16 and log-softmax in fp32, as in the unfused path (logits.float() then
+F.cross_entropy).
 
 Speed: a chunk stays under glibc's 32 MiB mmap ceiling, so its buffers are reused from the heap instead of being
 mapped and page-faulted (zeroed by the kernel) afresh on every chunk (a 64 MiB chunk's log-softmax took 20 ms, a

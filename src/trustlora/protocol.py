@@ -130,10 +130,12 @@ class Rounds:
         return out
 
     # ---- messages and trust -------------------------------------------------------------------
-    def _val_cross(self, thetas: torch.Tensor) -> torch.Tensor:
-        """[n_local, N] CE of every user's model on each local user's val split.
+    def _val_cross(self, thetas: torch.Tensor, before: torch.Tensor | None = None) -> torch.Tensor:
+        """[n_local, N] CE on each local user's val split of every user's candidate: model ``thetas[j]`` or, with
+        ``before`` ([n_local, P], the local users' models before the round), ``before[i] + thetas[j]`` (``thetas``
+        being the published updates: what update mode would mix in).
 
-        Peers' adapters are loaded into this process's slots chunk by chunk (one chunk in simulation).
+        Candidates are loaded into this process's slots chunk by chunk (one chunk of models in simulation).
         """
         n_local, n = len(self.users), self.comm.n_users
         own = self.mm.get_flat()
@@ -141,12 +143,14 @@ class Rounds:
         out = torch.zeros(n_local, n, dtype=torch.float64)
         for start in range(0, n, n_local):
             chunk = list(range(start, min(start + n_local, n)))
-            if chunk != self.users or n_local != n:
-                slots = thetas[chunk]
-                if len(chunk) < n_local:  # pad the last chunk with copies
-                    slots = torch.cat([slots, slots[-1:].expand(n_local - len(chunk), -1)])
+            slots = thetas[chunk].to(own.device)
+            if len(chunk) < n_local:  # pad the last chunk with copies
+                slots = torch.cat([slots, slots[-1:].expand(n_local - len(chunk), -1)])
+            if before is None and (chunk != self.users or n_local != n):
                 self.mm.set_flat(slots)
             for i in range(n_local):
+                if before is not None:
+                    self.mm.set_flat(before[i : i + 1].to(own.device) + slots)
                 losses = cross_losses(
                     self.mm,
                     self.data.val[i],
@@ -213,6 +217,7 @@ class Rounds:
         (renormalised) and its tensors are replaced by zeros; an absent user keeps its locally trained adapter.
         """
         strat, tc, n = self.strategy, self.cfg.trust, self.comm.n_users
+        needs = strat.needs_for(tc) if hasattr(strat, "needs_for") else strat.needs
         inp = TrustInputs(users=self.users, n_users=n, mixture=self.mixture)
         present = self.present(r)
         if self.needs_reference:
@@ -227,11 +232,11 @@ class Rounds:
             pub_delta = poison_updates(atk.kind, pub_delta, self.attack_slots, self.honest_slots, g)
         pub_after = before + pub_delta if lying else after
         msgs: dict[str, torch.Tensor] = {}
-        if "theta" in strat.needs or (tc.mode == "weight" and applying):
+        if "theta" in needs or (tc.mode == "weight" and applying):
             msgs["theta"] = self.comm.all_gather(pub_after, "theta").cpu()
-        if (applying and tc.mode == "update") or "delta" in strat.needs:
+        if (applying and tc.mode == "update") or "delta" in needs:
             msgs["delta"] = self.comm.all_gather(pub_delta, "delta")
-        if "topk" in strat.needs:
+        if "topk" in needs:
             self.progress("trust: predictions on X_S")
             if lying:
                 self.mm.set_flat(pub_after)  # attackers' predictions come from the model they claim
@@ -267,11 +272,27 @@ class Rounds:
             inp.mask = accept
         inp.theta = msgs.get("theta")
         inp.topk_values, inp.topk_indices = msgs.get("topk_values"), msgs.get("topk_indices")
-        if "delta" in strat.needs:
+        if "delta" in needs:
             inp.extra["delta"] = msgs["delta"].cpu()
-        if "val_cross" in strat.needs:
+        if "val_cross" in needs and "theta" in needs:
             self.progress("trust: peers on val")
             inp.val_losses = self._val_cross(msgs["theta"])
+        elif "val_cross" in needs:  # candidates = my model before the round + each peer's update
+            self.progress("trust: peers' updates on val")
+            inp.val_losses = self._val_cross(msgs["delta"], before=before)
+            self.mm.set_flat(before)
+            tr = self.cfg.train
+            loss, _ = evaluate(
+                self.mm,
+                self.data.val,
+                tr.seq_len,
+                self.cfg.eval.batch_size,
+                tr.precision,
+                tc.val_tokens,
+                user_chunk=tr.user_chunk,
+            )
+            self.mm.set_flat(after)
+            inp.val_before_losses = torch.tensor(loss, dtype=torch.float64)
         w, scores = strat.trust(inp, tc)
         w = restrict_to(w, accept, self.users)
         # missed the round, or an attacker: keeps its own locally trained model (row = itself)

@@ -42,6 +42,9 @@ class TrustInputs:
     """[N, P] adapters at initialisation (strategy 'weights', relative scale: movement = theta - theta0)."""
     val_base_losses: torch.Tensor | None = None
     """[n_local] mean CE of the frozen base model on local user i's val tokens (strategy 'validation')."""
+    val_before_losses: torch.Tensor | None = None
+    """[n_local] mean CE of local user i's model before the round on its val tokens (strategy 'validation' with
+    ``trust.val_candidate=update``: the unit's reference)."""
     base_topk_values: torch.Tensor | None = None
     """[M, k] the frozen base model's top-k predictions on X_S (strategy 'predictions', relative scale)."""
     base_topk_indices: torch.Tensor | None = None

@@ -13,6 +13,11 @@ reference: multilingual 23.67 / 22.47 / 23.07, news 33.09 / 31.88 / 31.87; with 
 tau 0.1 / 0.3: multilingual 22.64 / 22.72, news 32.30 / 31.87. 'self' at tau 0.1 is the most oracle-like W (SCM 0.73,
 3.3 effective peers against the oracle's 3) but 0.8-1.3 % worse on val ppl, so it is an option, not the default.
 Paper-style (``scale=none``): W = softmax(-S/tau); the official code uses perplexity: ``trust.val_metric=ppl``.
+
+``trust.val_candidate=update`` scores what update mode mixes in instead of the published model: S_ij = CE on i's val
+split of (i's model before the round + j's published update), unit u_i = CE of i's model before the round minus the
+best candidate's (the best gain on offer this round). A peer whose model is good but whose update is a lie (a flipped
+or random update) then scores as what it would do to the receiver.
 """
 
 from __future__ import annotations
@@ -43,6 +48,13 @@ VALIDATION_TEMPERATURE = 0.3
 """Default tau of the relative scale for this strategy (chosen on val ppl, two corpora; see the module docstring)."""
 
 
+def candidate(cfg) -> str:
+    """``trust.val_candidate`` resolved: 'update' (auto in update mode, when updates are applied) or 'model'."""
+    if cfg.val_candidate != "auto":
+        return cfg.val_candidate
+    return "update" if cfg.mode == "update" and cfg.apply else "model"
+
+
 class Validation:
     name = "validation"
     needs: tuple[str, ...] = ("theta", "val_cross")
@@ -50,15 +62,22 @@ class Validation:
     reference: tuple[str, ...] = ("val_base",)
     """What the relative calibration measures movement from (computed once per run by the protocol)."""
 
+    def needs_for(self, cfg) -> tuple[str, ...]:
+        """Messages consumed under ``cfg``: peers' models, or their updates (``trust.val_candidate=update``)."""
+        return ("delta", "val_cross") if candidate(cfg) == "update" else self.needs
+
     def needs_reference(self, cfg) -> bool:
         return resolved_scale(cfg, "relative") == "relative"
 
     def trust(self, inp, cfg):
         s = validation_scores(inp.val_losses, cfg.val_metric)
         if self.needs_reference(cfg):
-            if inp.val_base_losses is None:
-                raise ValueError("strategy 'validation' (relative scale) needs the base model's val losses")
-            base = validation_scores(inp.val_base_losses.view(-1, 1), cfg.val_metric).view(-1)
+            # the unit's reference: the frozen base model (scoring models: gain over the base), or the user's own
+            # model before the round (scoring updates: the best update's gain this round)
+            start = inp.val_before_losses if candidate(cfg) == "update" else inp.val_base_losses
+            if start is None:
+                raise ValueError("strategy 'validation' (relative scale) needs the reference val losses")
+            base = validation_scores(start.view(-1, 1), cfg.val_metric).view(-1)
             mask = inp.mask
             if mask is not None:  # self is always allowed
                 mask = mask.bool().clone()
