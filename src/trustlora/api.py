@@ -117,8 +117,9 @@ def default_out(cfg: Config) -> Path:
 class MetricsLog:
     """Append-only metrics.jsonl; each line is flushed whole. On resume, records past the checkpoint are dropped."""
 
-    def __init__(self, path: Path, keep_until_round: int | None = None):
+    def __init__(self, path: Path, keep_until_round: int | None = None, sinks: list | None = None):
         self.path = path
+        self.sinks = list(sinks or [])  # more consumers of every new record (e.g. trustlora.tbsink.TensorBoardSink)
         self.records: list[dict] = []
         if keep_until_round is not None and path.exists():
             for line in path.read_text().splitlines():
@@ -135,6 +136,12 @@ class MetricsLog:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
             f.flush()
+        for sink in self.sinks:
+            sink(rec)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
 
 
 def _save_checkpoint(out: Path, round_: int, proto: Rounds, train_time: float, comm, main: bool) -> None:
@@ -229,9 +236,15 @@ def run_users(cfg: Config, comm, ws: Workspace | None = None, progress: bool = T
         train = [shuffle_tokens(t, cfg.seed, u) if u in bad else t for t, u in zip(train, users, strict=True)]
     data = LocalData(train, [u.val for u in mine], [u.test for u in mine], part.reference)
     trainer = LocalTrainer(mm, data.train, cfg.train, seed=cfg.seed, user_ids=users)
+    sinks = []
+    if main and cfg.log.tensorboard:
+        from trustlora.tbsink import TensorBoardSink
+
+        sinks.append(TensorBoardSink(out / "tensorboard"))
     metrics = MetricsLog(
         out / "metrics.jsonl" if main else out / f".metrics.rank{users[0]}.jsonl",
         keep_until_round=start_round if start_round else None,
+        sinks=sinks,
     )
     record = lambda rec: metrics(merge_records(comm.gather_objects(rec)))  # noqa: E731  (one process: identity)
     bar = tqdm(total=cfg.train.steps, desc=f"{cfg.strategy}", unit="step", disable=not (progress and main), leave=True)
@@ -284,6 +297,7 @@ def run_users(cfg: Config, comm, ws: Workspace | None = None, progress: bool = T
         train_time += _round_train_seconds(metrics.records, r)
         _save_checkpoint(out, r, proto, train_time, comm, main)
     bar.close()
+    metrics.close()
     mm.eval()
     wall = time.time() - wall0
 

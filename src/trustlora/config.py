@@ -376,6 +376,19 @@ class CommConfig:
 
 
 @dataclass
+class LogConfig:
+    """Extra sinks for the run's records (metrics.jsonl is always written)."""
+
+    tensorboard: bool = False
+    """Also write TensorBoard event files to ``<out>/tensorboard``: per-user ppl (val/test, per round) and training
+    loss, and W per round (image and self-weights). Needs the ``tensorboard`` package
+    (``pip install -e '.[tensorboard]'``); view with ``tensorboard --logdir <out>/tensorboard``."""
+
+    def validate(self) -> None:
+        _check(isinstance(self.tensorboard, bool), "log.tensorboard", "true or false", self.tensorboard)
+
+
+@dataclass
 class EvalConfig:
     """Held-out evaluation."""
 
@@ -418,6 +431,7 @@ class Config:
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     comm: CommConfig = field(default_factory=CommConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def validate(self) -> None:
         _check(isinstance(self.model, str) and self.model != "", "model", "a model name or path", self.model)
@@ -447,6 +461,7 @@ class Config:
         self.faults.validate()
         self.attack.validate(self.data.users)
         self.comm.validate()
+        self.log.validate()
         _check(self.eval.batch_size >= 1, "eval.batch_size", "an integer >= 1", self.eval.batch_size)
         _check(self.eval.during_tokens >= 0, "eval.during_tokens", "an integer >= 0", self.eval.during_tokens)
 
