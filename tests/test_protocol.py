@@ -255,3 +255,28 @@ def test_validation_candidate_auto_follows_the_mode():
     assert candidate(TrustConfig(val_candidate="auto", apply=False)) == "model"
     with pytest.raises(ConfigError, match="trust.val_candidate"):
         load_config(None, ["trust.val_candidate=peer"])
+
+
+def test_update_check_drops_updates_that_do_not_lower_the_receivers_val_loss(tiny_overrides):
+    cfg = load_config(None, tiny_overrides + ["strategy=predictions", "faults.update_check=true"])
+    proto = _rounds(cfg)
+    mm = proto.mm
+    before = mm.get_flat()
+    for _ in range(2):
+        proto.trainer.step()
+    good = mm.get_flat() - before  # honest updates
+    deltas = torch.stack([good[0], torch.zeros_like(good[1]), -good[2] * 20])  # honest, free rider, harmful
+    w = torch.tensor([[0.5, 0.25, 0.25], [0.3, 0.69, 0.01], [0.5, 0.5, 0.0]], dtype=torch.float64)
+    keep = proto._update_check(before, deltas, w)
+    val = proto.data.val
+
+    def ce(i, theta):
+        mm.set_flat(theta.expand_as(before).clone())
+        return cross_losses(mm, val[i], 32, cfg.eval.batch_size, "fp32", cfg.trust.val_tokens)[0].item()
+
+    assert keep[0, 1].item() is False  # a zero update never lowers the loss
+    assert keep[0, 2].item() == (ce(0, before[0] + deltas[2]) < ce(0, before[0]))
+    assert keep[1, 0].item() == (ce(1, before[1] + deltas[0]) < ce(1, before[1]))
+    assert keep[1, 2].item() is True  # 0.01 of 0.31 peer mass (3 %): left unchecked
+    assert keep[2, 2].item() is True and keep[2, 1].item() is False  # weight-0 peers unchecked; zero dropped
+    assert keep.diagonal().all()

@@ -31,6 +31,11 @@ from trustlora.trust import TrustInputs, get
 from trustlora.trust.quality import trust_quality
 
 
+UPDATE_CHECK_UNCHECKED = 0.05
+"""``faults.update_check``: share of a row's peer weight that may stay unchecked (its lightest peers): the check's
+cost follows the peers a user actually trusts, and unchecked peers together hold at most 5 % of the row."""
+
+
 def round_schedule(steps: int, warmup: int, period: int) -> list[int]:
     """Local steps of each round: the warm-up first (if any), then ``period`` steps until ``steps``."""
     out = [warmup] if warmup > 0 else []
@@ -163,6 +168,59 @@ class Rounds:
                 out[i, chunk] = losses[: len(chunk)]
         self.mm.set_flat(own)
         return out
+
+    def _update_check(
+        self, before: torch.Tensor, deltas: torch.Tensor, w: torch.Tensor, skip: list[int] = ()
+    ) -> torch.Tensor:
+        """[n_local, N] bool: False where peer j's update does not lower local user i's val loss.
+
+        Candidates ``before[i] + deltas[j]`` are scored for the peers holding row i's weight, heaviest first, until
+        the unchecked peers hold at most :data:`UPDATE_CHECK_UNCHECKED` of it (the rest are kept unchecked), against
+        ``before[i]`` itself, on the first ``trust.val_tokens`` tokens of i's val split; in chunks of this process's
+        slots. Rows in ``skip`` (local slots that do not aggregate) are not checked.
+        """
+        n_local, n = len(self.users), self.comm.n_users
+        tr, tc = self.cfg.train, self.cfg.trust
+        own = self.mm.get_flat()
+        keep = torch.ones(n_local, n, dtype=torch.bool)
+        for a, i in enumerate(self.users):
+            if a in skip:
+                continue
+            row = w[a].double().clone()
+            row[i] = 0.0
+            mass = float(row.sum())
+            peers: list[int] = []
+            left = mass
+            for j in torch.argsort(row, descending=True).tolist():
+                if left <= UPDATE_CHECK_UNCHECKED * mass or row[j] <= 0:
+                    break
+                peers.append(j)
+                left -= float(row[j])
+            if not peers:
+                continue
+            cands = [before[a]] + [before[a] + deltas[j].to(before.device) for j in peers]
+            losses: list[float] = []
+            for s in range(0, len(cands), n_local):
+                part = torch.stack(cands[s : s + n_local])
+                k = part.shape[0]
+                if k < n_local:
+                    part = torch.cat([part, part[-1:].expand(n_local - k, -1)])
+                self.mm.set_flat(part.to(own.dtype))
+                out = cross_losses(
+                    self.mm,
+                    self.data.val[a],
+                    tr.seq_len,
+                    self.cfg.eval.batch_size,
+                    tr.precision,
+                    tc.val_tokens,
+                    user_chunk=tr.user_chunk,
+                    active=k,
+                )
+                losses += out[:k].tolist()
+            for j, loss in zip(peers, losses[1:], strict=True):
+                keep[a, j] = loss < losses[0]
+        self.mm.set_flat(own)
+        return keep
 
     def _predictions_on_reference(self, base: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k predictions on X_S: every local slot's ([n_local, M, k]) or the frozen base model's ([M, k])."""
@@ -297,10 +355,22 @@ class Rounds:
         w = restrict_to(w, accept, self.users)
         # missed the round, or an attacker: keeps its own locally trained model (row = itself)
         alone = [a for a, u in enumerate(self.users) if not present[u] or a in self.attack_slots]
+        harmful: list[list[int]] = []
+        if (
+            self.cfg.faults.update_check
+            and getattr(strat, "update_check", False)
+            and applying
+            and tc.mode == "update"
+            and getattr(strat, "aggregate", None) is None
+        ):
+            self.progress("trust: checking updates on val")
+            keep = self._update_check(before, msgs["delta"], w, skip=alone)
+            harmful = [[self.users[a], j] for a, j in (~keep).nonzero().tolist()]
+            w = restrict_to(w, keep, self.users)
         for a in alone:
             w[a] = 0.0
             w[a, self.users[a]] = 1.0
-        faults = {"rejected": verdict.events, "absent": absent}
+        faults = {"rejected": verdict.events, "absent": absent, "harmful": harmful}
         if not applying:
             return w, scores, faults  # trust recorded, every user keeps its own locally trained adapter
         robust = getattr(strat, "aggregate", None)
@@ -369,6 +439,7 @@ class Rounds:
                 "bytes": self.comm.sent_bytes(),
                 "rejected": faults["rejected"],  # messages dropped by the receiving-side checks (trustlora.guard)
                 "absent": faults["absent"],  # users who missed this round (faults.dropout_prob)
+                "harmful": faults["harmful"],  # [receiver, sender]: updates that did not lower the receiver's val loss
                 "bytes_equiv": self.message_sizes(after),
             }
         )

@@ -181,13 +181,16 @@ def _stacked_eval(
     on_batch=None,
     topk: tuple[int, str] | None = None,
     user_chunk: int | str = "auto",
+    active: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run each slot's windows through its own adapter; returns (nll_sum [N], count [N]).
 
     With ``topk=(k, space)``, ``on_batch(values, ids, mask)`` receives every batch's top-k ``[N*b, T, k]``.
+    ``active``: only the first ``active`` slots run (the others' sums and counts stay 0).
     """
     n = mm.n_users
     assert len(per_slot) == n
+    active = n if active is None else max(1, min(int(active), n))
     was_training = mm.training
     mm.eval()
     total = torch.zeros(n, dtype=torch.float64)
@@ -206,6 +209,9 @@ def _stacked_eval(
         ids, mask = ids.view(n * b, seq_len).to(dev), mask.view(n * b, seq_len).to(dev)
         tks = []
         for u0, u1 in user_chunks(mm, user_chunk, b * seq_len, seq_len, training=False, precision=precision):
+            if u0 >= active:
+                break
+            u1 = min(u1, active)
             rows = slice(u0 * b, u1 * b)
             with _slots(mm, u0, u1), autocast(precision, dev):
                 s, c, tk = stacked_loss(mm, ids[rows], u1 - u0, mask[rows], topk)
@@ -251,13 +257,17 @@ def cross_losses(
     precision: str,
     max_tokens: int,
     user_chunk: int | str = "auto",
+    active: int | None = None,
 ) -> torch.Tensor:
     """Mean CE of every slot's adapter on the same text (one user's val split): ``[N]`` float64.
 
-    One stacked pass per batch: the text is placed in all N slots, so N models are scored at once.
+    One stacked pass per batch: the text is placed in all N slots, so N models are scored at once (``active``: only
+    the first ``active`` slots; the others' entries are NaN).
     """
     w = windows(stream, seq_len, max_tokens)
-    total, count = _stacked_eval(mm, [w] * mm.n_users, batch_size, precision, user_chunk=user_chunk)
+    total, count = _stacked_eval(mm, [w] * mm.n_users, batch_size, precision, user_chunk=user_chunk, active=active)
+    if active is not None and active < mm.n_users:
+        total[active:] = float("nan")
     return total / count.clamp_min(1).double()
 
 

@@ -46,6 +46,8 @@ class Predictions:
     name = "predictions"
     needs: tuple[str, ...] = ("topk",)
     exchanges = True
+    update_check = True
+    """``faults.update_check`` applies (a trust strategy; baselines stay plain)."""
     reference: tuple[str, ...] = ("topk_base",)
     """What the relative calibration measures movement from (computed once per run by the protocol)."""
 

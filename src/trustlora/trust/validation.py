@@ -59,6 +59,8 @@ class Validation:
     name = "validation"
     needs: tuple[str, ...] = ("theta", "val_cross")
     exchanges = True
+    update_check = True
+    """``faults.update_check`` applies (a trust strategy; baselines stay plain)."""
     reference: tuple[str, ...] = ("val_base",)
     """What the relative calibration measures movement from (computed once per run by the protocol)."""
 

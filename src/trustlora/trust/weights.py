@@ -31,6 +31,8 @@ class Weights:
     name = "weights"
     needs: tuple[str, ...] = ("theta",)
     exchanges = True
+    update_check = True
+    """``faults.update_check`` applies (a trust strategy; baselines stay plain)."""
     reference: tuple[str, ...] = ("theta0",)
     """What the relative calibration measures movement from (computed once per run by the protocol)."""
 
