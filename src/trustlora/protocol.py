@@ -30,7 +30,6 @@ from trustlora.train import LocalTrainer, cross_losses, evaluate, topk_predictio
 from trustlora.trust import TrustInputs, get
 from trustlora.trust.quality import trust_quality
 
-
 UPDATE_CHECK_UNCHECKED = 0.05
 """``faults.update_check``: share of a row's peer weight that may stay unchecked (its lightest peers): the check's
 cost follows the peers a user actually trusts, and unchecked peers together hold at most 5 % of the row."""
