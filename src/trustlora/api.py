@@ -37,6 +37,7 @@ from trustlora.model import build_stack
 from trustlora.model.base import load_base, load_tokenizer
 from trustlora.model.multilora import MultiLoRA
 from trustlora.protocol import LocalData, Rounds
+from trustlora.rundir import SUMMARY_VERSION
 from trustlora.train import LocalTrainer, resolve_precision
 from trustlora.trust.oracle import oracle_matrix
 from trustlora.trust.quality import merge_quality, trust_quality
@@ -314,6 +315,7 @@ def run_users(cfg: Config, comm, ws: Workspace | None = None, progress: bool = T
     base_test, final_test = evals[0]["ppl"], evals[-1]["ppl"]
     tokens = cfg.train.steps * n * cfg.train.batch_size * cfg.train.grad_accum * cfg.train.seq_len
     summary = {
+        "version": SUMMARY_VERSION,
         "strategy": cfg.strategy,
         "model": cfg.model,
         "seed": cfg.seed,

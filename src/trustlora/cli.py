@@ -99,7 +99,7 @@ def cmd_data(args) -> int:
     from trustlora.api import prepare_data
     from trustlora.data.stats import jaccard_table
     from trustlora.metrics import dominant_categories
-    from trustlora.report import format_table
+    from trustlora.tables import format_table
 
     part = prepare_data(cfg)
     splits = [u.train for u in part.users]

@@ -3,9 +3,11 @@
     ppl_from_loss(2.3)                                   # perplexity of a mean next-token CE (capped at exp(50))
     mean, std = mean_std([31.2, 30.8])                  # sample std over seeds; None with fewer than two
     dominant_categories(mixture, ["de", "es", "nl"])    # per user: category with the largest share (first on ties)
+    row_l1(W, oracle_W)                                 # mean over rows of sum_j |W_ij - O_ij| (0 same, 2 disjoint)
 
 Used by the run (api), the reports, the analyses and the sweep; users' scripts read the results under the names the
-run directory gives them (``final_test_ppl``, ``user_categories``, ``std_test_ppl``...).
+run directory gives them (``final_test_ppl``, ``user_categories``, ``std_test_ppl``...). Reading those from a run
+directory, and re-deriving what a run left out, is :mod:`trustlora.rundir`.
 """
 
 from __future__ import annotations
@@ -43,3 +45,12 @@ def dominant_index(mixture) -> list[int | None]:
 def dominant_categories(mixture, categories: Sequence[str]) -> list[str | None]:
     """Per user: the name of its dominant category (:func:`dominant_index`), None where it has none."""
     return [None if k is None else str(categories[k]) for k in dominant_index(mixture)]
+
+
+def row_l1(w, oracle) -> float:
+    """L1 distance between the rows of ``w`` and ``oracle`` averaged over rows, diagonals kept
+    (``mean_i sum_j |W_ij - O_ij|``; 0 = identical, 2 = disjoint rows); NaN without an oracle of the same shape."""
+    if oracle is None:
+        return float("nan")
+    w, o = np.asarray(w, dtype=float), np.asarray(oracle, dtype=float)
+    return float(np.mean(np.abs(w - o).sum(axis=1))) if o.shape == w.shape else float("nan")

@@ -13,7 +13,6 @@ honest users put on attackers in the final W, and the number of rejected message
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 
 from trustlora.attacks import KINDS, REFERENCE_KINDS
 from trustlora.config import ConfigError, load_config, parse_override
+from trustlora.rundir import load_summary
 
 DEFAULT_STRATEGIES = ["fedavg", "median", "trimmed_mean", "krum", "weights", "validation", "predictions", "oracle"]
 
@@ -74,7 +74,7 @@ def collect(out: Path) -> list[dict]:
         kind = summ.parent.parent.name
         if kind in ("clean", *REFERENCE_KINDS):
             continue
-        s = json.loads(summ.read_text())
+        s = load_summary(summ)
         atk = s.get("attack") or {}
         honest = atk.get("honest_users") or []
         row = {
@@ -95,7 +95,7 @@ def collect(out: Path) -> list[dict]:
         ):
             path = out / ref / summ.parent.name / "summary.json"
             if path.is_file() and honest:
-                c = json.loads(path.read_text())
+                c = load_summary(path)
                 row[key] = float(np.mean([c["final_test_ppl"][i] for i in honest]))
                 if row["honest_mean_test_ppl"] is not None:
                     row[change] = row["honest_mean_test_ppl"] / row[key] - 1.0
@@ -104,7 +104,7 @@ def collect(out: Path) -> list[dict]:
 
 
 def write_robustness_table(out: Path) -> dict[str, Path]:
-    from trustlora.report import DASH, format_table, write_table_files
+    from trustlora.tables import DASH, format_table, write_table_files
     from trustlora.trust import names
 
     rows = collect(out)

@@ -11,13 +11,13 @@ finished run found under OUT, so a scaling study can be assembled over several i
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
 from trustlora.config import ConfigError, load_config, parse_override
+from trustlora.rundir import load_summary
 
 DEFAULT_STRATEGIES = ["local", "fedavg", "oracle", "validation", "predictions"]
 
@@ -73,7 +73,7 @@ def collect(out: Path) -> list[dict]:
     """One row per (N, strategy): mean over seeds of final mean test ppl and SCM."""
     rows: dict[tuple[int, str], dict] = {}
     for summ in sorted(out.glob("N*/*-seed*/summary.json")):
-        s = json.loads(summ.read_text())
+        s = load_summary(summ)
         n, strat = int(s["users"]), s["strategy"]
         r = rows.setdefault((n, strat), {"users": n, "strategy": strat, "ppl": [], "scm": [], "uniform": None})
         r["ppl"].append(float(s["final_mean_test_ppl"]))
@@ -95,7 +95,7 @@ def collect(out: Path) -> list[dict]:
 
 
 def write_scaling_table(out: Path) -> dict[str, Path]:
-    from trustlora.report import DASH, format_table, write_table_files
+    from trustlora.tables import DASH, format_table, write_table_files
     from trustlora.trust import names
 
     rows = collect(out)

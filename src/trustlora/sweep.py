@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import io
 import itertools
-import json
 import math
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 from trustlora.cache import atomic_write_json, atomic_write_text
 from trustlora.config import ConfigError, load_config, parse_override
 from trustlora.metrics import mean_std
+from trustlora.rundir import load_summary
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:
@@ -100,7 +100,7 @@ def run_sweep(config: str | None, overrides: list[str], grid_items: list[str], p
             run_dir = out / f"{point_name(p)}-seed{seed}"
             point = rest + [f"{k}={v}" for k, v in p.items()] + [f"seed={seed}"]
             ws = run_or_reuse(config, point, run_dir, ws, progress=progress, log=lambda *a: None)
-            summaries.append(json.loads((run_dir / "summary.json").read_text()))
+            summaries.append(load_summary(run_dir / "summary.json"))
         rows.append(point_row(p, summaries))
     keys = list(grid)
     best = best_index(rows)
@@ -130,7 +130,7 @@ def run_sweep(config: str | None, overrides: list[str], grid_items: list[str], p
 
 
 def _markdown(rows: list[dict], keys: list[str], best: int | None) -> str:
-    from trustlora.report import DASH, format_table
+    from trustlora.tables import DASH, format_table
 
     def ppl(r: dict, split: str, bold: bool) -> tuple[str, str]:
         m, s = r[f"mean_{split}_ppl"], r[f"std_{split}_ppl"]
@@ -155,12 +155,7 @@ def _markdown(rows: list[dict], keys: list[str], best: int | None) -> str:
 
 
 def _plot(path: Path, rows: list[dict], keys: list[str], best: int | None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from trustlora.cache import atomic_write_bytes
+    from trustlora.plots import plt, save_png
 
     fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(rows) + 2), 3.5))
     labels = ["\n".join(f"{k.split('.')[-1]}={r[k]}" for k in keys) for r in rows]
@@ -178,7 +173,4 @@ def _plot(path: Path, rows: list[dict], keys: list[str], best: int | None) -> No
     if finite:
         ax.set_ylim(min(finite) * 0.9, max(finite) * 1.05)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_png(fig, path, tight=False)

@@ -42,27 +42,20 @@ From Python: ``write_table4(dirs)``, ``write_trust(d)``, ``write_bytes(d)``, ``w
 ``write_placement(dirs)`` (each takes ``out=`` and returns ``{"md": path, "csv": ..., "json": ..., "png": ...}``);
 the numbers come from small pure functions (:func:`trust_closeness`, :func:`offdiag_normalised`,
 :func:`first_step_reaching`, :func:`mean_std`, :func:`message_size_ratios`, :func:`mean_ppl_series`).
-User errors (missing directory, no finished run, ...) raise :class:`AnalysisError`, which the CLI
-reports in one line with exit code 2.
+User errors raise :class:`AnalysisError` (no finished run, no trust record, ...) or, for a missing or
+unreadable run directory, :class:`trustlora.rundir.RunDirError`; both are :class:`trustlora.config.UserError`,
+which the CLI reports in one line with exit code 2.
 
-Modules: :mod:`.common` (reading runs, formatting, writing outputs, :class:`AnalysisError`),
-:mod:`.numbers` (the pure functions), and one per command: :mod:`.table4`, :mod:`.trust`,
-:mod:`.messages` (``bytes``), :mod:`.topology`, :mod:`.placement`.
+Modules: :mod:`.common` (:class:`AnalysisError`, the default output directory), :mod:`.numbers` (the pure
+functions), and one per command: :mod:`.table4`, :mod:`.trust`, :mod:`.messages` (``bytes``), :mod:`.topology`,
+:mod:`.placement`. Runs are read by :mod:`trustlora.rundir` (``Run``, ``load_run``, ``find_runs``,
+``read_config``, ``cfg_get``, ``mean_ppl_series`` and ``w_by_round`` are re-exported here), tables written by
+:mod:`trustlora.tables`, figures drawn with :mod:`trustlora.plots`.
 """
 
 from __future__ import annotations
 
-# common first: it selects matplotlib's non-interactive Agg backend before any module imports pyplot.
-from trustlora.analyze.common import (
-    AnalysisError,
-    Run,
-    cfg_get,
-    find_runs,
-    load_run,
-    mean_ppl_series,
-    read_config,
-    w_by_round,
-)
+from trustlora.analyze.common import AnalysisError
 from trustlora.analyze.messages import write_bytes
 from trustlora.analyze.numbers import (
     chance_top_peer,
@@ -76,6 +69,7 @@ from trustlora.analyze.placement import write_placement
 from trustlora.analyze.table4 import write_table4
 from trustlora.analyze.topology import write_topology
 from trustlora.analyze.trust import write_trust
+from trustlora.rundir import Run, cfg_get, find_runs, load_run, mean_ppl_series, read_config, w_by_round
 
 __all__ = [
     "AnalysisError",

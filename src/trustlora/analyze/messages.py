@@ -9,13 +9,15 @@ module does not shadow the ``bytes`` builtin.)
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 
-from trustlora.analyze.common import AnalysisError, _f, _num, _save_png, _write_outputs, cfg_get, load_run
+from trustlora.analyze.common import AnalysisError
 from trustlora.analyze.numbers import message_size_ratios
-from trustlora.report import _fmt_bytes, _is_number, format_table
+from trustlora.plots import plt, save_png
+from trustlora.rundir import cfg_get, is_number, load_run
+from trustlora.tables import fmt_bytes, fmt_float, format_table, write_outputs
 
 MESSAGE_KINDS = (
     ("theta", "θ: full adapter weights (fp32)"),
@@ -25,6 +27,11 @@ MESSAGE_KINDS = (
 )
 
 
+def _num(x: Any) -> int | float:
+    """An int when the number is integral (byte counts), else a float."""
+    return int(x) if float(x).is_integer() else float(x)
+
+
 def write_bytes(run_dir: str | Path, out: str | Path | None = None) -> dict[str, Path]:
     """Message sizes per user per round of one run; see the module docstring."""
     run = load_run(run_dir)
@@ -32,8 +39,8 @@ def write_bytes(run_dir: str | Path, out: str | Path | None = None) -> dict[str,
     if not trust:
         raise AnalysisError(f"{run.path}: no trust record with bytes_equiv in metrics.jsonl")
     last = max(trust, key=lambda r: (r.get("round", 0) or 0, r.get("step", 0) or 0))
-    equiv = {k: _num(v) for k, v in last["bytes_equiv"].items() if _is_number(v)}
-    sent = {k: _num(v) for k, v in (last.get("bytes") or {}).items() if _is_number(v)}
+    equiv = {k: _num(v) for k, v in last["bytes_equiv"].items() if is_number(v)}
+    sent = {k: _num(v) for k, v in (last.get("bytes") or {}).items() if is_number(v)}
     ratios = message_size_ratios(equiv)
     topk = equiv.get("topk_coo")
 
@@ -46,8 +53,8 @@ def write_bytes(run_dir: str | Path, out: str | Path | None = None) -> dict[str,
                 kind,
                 what,
                 f"{int(b):,}" if b is not None else None,
-                _fmt_bytes(b) if b is not None else None,
-                _f(ratio, ".1f"),
+                fmt_bytes(b) if b is not None else None,
+                fmt_float(ratio, ".1f"),
             ]
         )
         csv_rows.append(["equivalent", kind, b, ratio])
@@ -59,8 +66,8 @@ def write_bytes(run_dir: str | Path, out: str | Path | None = None) -> dict[str,
         "",
         format_table(["message", "what one user sends", "bytes/user/round", "human", "× top-k COO"], rows),
         "",
-        f"Ratios: dense logits / top-k COO = **{_f(ratios['dense/topk'], ',.1f')}×**, "
-        f"θ / top-k COO = **{_f(ratios['theta/topk'], ',.1f')}×**.",
+        f"Ratios: dense logits / top-k COO = **{fmt_float(ratios['dense/topk'], ',.1f')}×**, "
+        f"θ / top-k COO = **{fmt_float(ratios['theta/topk'], ',.1f')}×**.",
     ]
     k = cfg_get(run.config, "trust.topk")
     implied = []
@@ -75,8 +82,8 @@ def write_bytes(run_dir: str | Path, out: str | Path | None = None) -> dict[str,
         md += ["", "Implied: " + "; ".join(implied) + "."]
     md += ["", f"## Actually sent by this run ({run.strategy}), per user, round {last.get('round')}", ""]
     if sent:
-        srows = [[kk, f"{int(v):,}", _fmt_bytes(v)] for kk, v in sent.items()]
-        srows.append(["**total**", f"**{int(sum(sent.values())):,}**", f"**{_fmt_bytes(sum(sent.values()))}**"])
+        srows = [[kk, f"{int(v):,}", fmt_bytes(v)] for kk, v in sent.items()]
+        srows.append(["**total**", f"**{int(sum(sent.values())):,}**", f"**{fmt_bytes(sum(sent.values()))}**"])
         md.append(format_table(["message kind", "bytes/user/round", "human"], srows))
         csv_rows += [["sent", kk, v, v / topk if topk else None] for kk, v in sent.items()]
     else:
@@ -93,7 +100,7 @@ def write_bytes(run_dir: str | Path, out: str | Path | None = None) -> dict[str,
         "bytes_sent": sent,
         "ratios": ratios,
     }
-    paths = _write_outputs(
+    paths = write_outputs(
         out_dir, "bytes", md, ["source", "kind", "bytes_per_user_per_round", "ratio_to_topk_coo"], csv_rows, obj
     )
     paths["png"] = _plot_bytes(out_dir / "bytes.png", equiv, sent, run.strategy)
@@ -114,7 +121,7 @@ def _plot_bytes(path: Path, equiv: dict, sent: dict, strategy: str) -> Path:
     ax.set_yscale("log")
     topk = equiv.get("topk_coo")
     for xi, v in zip(x, vals, strict=True):
-        label = _fmt_bytes(v) + (f"\n{v / topk:,.1f}× top-k" if topk else "")
+        label = fmt_bytes(v) + (f"\n{v / topk:,.1f}× top-k" if topk else "")
         ax.text(xi, v * 1.15, label, ha="center", va="bottom", fontsize=8)
     ax.set_xticks(x, names, fontsize=9)
     ax.set_ylabel("bytes per user per round (log scale)")
@@ -122,4 +129,4 @@ def _plot_bytes(path: Path, equiv: dict, sent: dict, strategy: str) -> Path:
     ax.set_title("Message size per user per round (Tables 1/5)", fontsize=10)
     ax.grid(True, axis="y", which="major", alpha=0.3)
     fig.tight_layout()
-    return _save_png(fig, path)
+    return save_png(fig, path)

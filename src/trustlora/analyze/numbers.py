@@ -14,15 +14,16 @@ from typing import Any
 
 import numpy as np
 
-from trustlora.metrics import mean_std  # noqa: F401  (re-exported: trustlora.analyze.mean_std)
-from trustlora.report import _is_number
+from trustlora.metrics import mean_std, row_l1  # noqa: F401  (mean_std re-exported: trustlora.analyze.mean_std)
+from trustlora.rundir import is_number
 
 
 def trust_closeness(w: Any, oracle: Any | None, categories: Sequence[Any] | None) -> tuple[float, float]:
     """How close a trust matrix is to the oracle: ``(l1, top_peer_acc)``.
 
     ``l1``: L1 distance between the rows of ``w`` and ``oracle`` averaged over rows, diagonals kept
-    (``mean_i sum_j |W_ij - O_ij|``; 0 = identical, 2 = disjoint rows); NaN without an oracle of the same shape.
+    (``mean_i sum_j |W_ij - O_ij|``; 0 = identical, 2 = disjoint rows; :func:`trustlora.metrics.row_l1`); NaN
+    without an oracle of the same shape.
 
     ``top_peer_acc``: fraction of users whose largest off-diagonal trust goes to a peer of the same
     dominant category (``categories[i]``; ``None`` = unknown). A user whose largest off-diagonal weight is
@@ -34,11 +35,7 @@ def trust_closeness(w: Any, oracle: Any | None, categories: Sequence[Any] | None
     if w.ndim != 2 or w.shape[0] != w.shape[1]:
         raise ValueError(f"trust_closeness: W must be square, got shape {w.shape}")
     n = w.shape[0]
-    l1 = float("nan")
-    if oracle is not None:
-        o = np.asarray(oracle, dtype=float)
-        if o.shape == w.shape:
-            l1 = float(np.mean(np.abs(w - o).sum(axis=1)))
+    l1 = row_l1(w, oracle)
     cats = list(categories) if categories is not None else []
     cats += [None] * (n - len(cats))
     hits = []
@@ -101,7 +98,7 @@ def message_size_ratios(bytes_equiv: dict) -> dict[str, float | None]:
 
     def ratio(a: str, b: str) -> float | None:
         x, y = bytes_equiv.get(a), bytes_equiv.get(b)
-        return float(x) / float(y) if _is_number(x) and _is_number(y) and float(y) > 0 else None
+        return float(x) / float(y) if is_number(x) and is_number(y) and float(y) > 0 else None
 
     return {
         "dense/topk": ratio("dense_logits", "topk_coo"),

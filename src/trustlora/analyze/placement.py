@@ -13,21 +13,24 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 
-from trustlora.analyze.common import (
-    AnalysisError,
-    _beside,
-    _f,
-    _mean_test_ppl,
-    _pct,
-    _save_png,
-    _write_outputs,
-    cfg_get,
-    load_run,
+from trustlora.analyze.common import AnalysisError, beside
+from trustlora.plots import plt, save_png
+from trustlora.rundir import cfg_get, is_number, load_run, mean_test_ppl
+from trustlora.tables import fmt_float, fmt_percent, format_table, write_outputs
+
+CSV_COLUMNS = (
+    "label",
+    "run_dir",
+    "strategy",
+    "params_per_user",
+    "base_mean_test_ppl",
+    "final_mean_test_ppl",
+    "ppl_decrease",
+    "decrease_per_mparam",
 )
-from trustlora.report import _is_number, format_table
+"""Columns of placement.csv: keys of each run's entry."""
 
 
 def _targets_label(cfg: dict) -> str | None:
@@ -47,8 +50,8 @@ def write_placement(run_dirs: Sequence[str | Path], out: str | Path | None = Non
     entries = []
     for run in runs:
         params = run.summary.get("adapter_params_per_user")
-        params = int(params) if _is_number(params) else None
-        base, final = _mean_test_ppl(run, "base"), _mean_test_ppl(run, "final")
+        params = int(params) if is_number(params) else None
+        base, final = mean_test_ppl(run.summary, run.records, "base"), mean_test_ppl(run.summary, run.records, "final")
         dec = base - final
         entries.append(
             {
@@ -74,28 +77,14 @@ def write_placement(run_dirs: Sequence[str | Path], out: str | Path | None = Non
                 e["label"],
                 e["strategy"],
                 f"{e['params_per_user']:,}" if e["params_per_user"] is not None else None,
-                _f(e["base_mean_test_ppl"]),
-                _f(e["final_mean_test_ppl"]),
-                _f(e["ppl_decrease"]),
-                _pct(e["relative_decrease"]),
-                _f(e["decrease_per_mparam"]),
+                fmt_float(e["base_mean_test_ppl"]),
+                fmt_float(e["final_mean_test_ppl"]),
+                fmt_float(e["ppl_decrease"]),
+                fmt_percent(e["relative_decrease"]),
+                fmt_float(e["decrease_per_mparam"]),
             ]
         )
-        csv_rows.append(
-            [
-                e[k]
-                for k in (
-                    "label",
-                    "run_dir",
-                    "strategy",
-                    "params_per_user",
-                    "base_mean_test_ppl",
-                    "final_mean_test_ppl",
-                    "ppl_decrease",
-                    "decrease_per_mparam",
-                )
-            ]
-        )
+        csv_rows.append([e[k] for k in CSV_COLUMNS])
     headers = [
         "lora.targets",
         "strategy",
@@ -117,18 +106,8 @@ def write_placement(run_dirs: Sequence[str | Path], out: str | Path | None = Non
         "",
         "![placement](placement.png)",
     ]
-    out_dir = Path(out) if out is not None else _beside([r.path for r in runs])
-    header = [
-        "label",
-        "run_dir",
-        "strategy",
-        "params_per_user",
-        "base_mean_test_ppl",
-        "final_mean_test_ppl",
-        "ppl_decrease",
-        "decrease_per_mparam",
-    ]
-    paths = _write_outputs(out_dir, "placement", md, header, csv_rows, {"runs": entries})
+    out_dir = Path(out) if out is not None else beside([r.path for r in runs])
+    paths = write_outputs(out_dir, "placement", md, list(CSV_COLUMNS), csv_rows, {"runs": entries})
     paths["png"] = _plot_placement(out_dir / "placement.png", entries)
     return paths
 
@@ -164,4 +143,4 @@ def _plot_placement(path: Path, entries: list[dict]) -> Path:
     ax_p.set_xlabel("lora.targets")
     fig.suptitle("LoRA placement (Figure 2)", fontsize=11)
     fig.tight_layout()
-    return _save_png(fig, path)
+    return save_png(fig, path)

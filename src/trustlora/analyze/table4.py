@@ -12,22 +12,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 
-from trustlora.analyze.common import (
-    AnalysisError,
-    _beside,
-    _colors,
-    _f,
-    _save_png,
-    _strategy_rank,
-    _write_outputs,
-    cfg_get,
-    find_runs,
-)
-from trustlora.analyze.numbers import mean_std
-from trustlora.report import DASH, _is_number, format_table
+from trustlora.analyze.common import AnalysisError, beside
+from trustlora.metrics import mean_std
+from trustlora.plots import plt, save_png, strategy_colors
+from trustlora.rundir import cfg_get, find_runs, is_number, strategy_rank
+from trustlora.tables import DASH, fmt_float, format_table, write_outputs
 
 
 def _dataset_label(cfg: dict) -> str | None:
@@ -44,7 +35,7 @@ def write_table4(compare_dirs: Sequence[str | Path], out: str | Path | None = No
         raise AnalysisError("table4: give at least one comparison directory")
     columns: list[dict] = []
     for d in compare_dirs:
-        runs = [r for r in find_runs(d) if _is_number(r.summary.get("final_mean_test_ppl"))]
+        runs = [r for r in find_runs(d) if is_number(r.summary.get("final_mean_test_ppl"))]
         if not runs:
             raise AnalysisError(f"{d}: no finished run (summary.json with final_mean_test_ppl) inside")
         cfg = next((r.config for r in runs if r.config), {})
@@ -58,9 +49,7 @@ def write_table4(compare_dirs: Sequence[str | Path], out: str | Path | None = No
             s["n_seeds"] = len(s["values"])
         finite = {k: s["mean"] for k, s in strategies.items() if math.isfinite(s["mean"])}
         best = sorted(k for k, v in finite.items() if v == min(finite.values())) if finite else []
-        bases = [
-            float(r.summary["base_mean_test_ppl"]) for r in runs if _is_number(r.summary.get("base_mean_test_ppl"))
-        ]
+        bases = [float(r.summary["base_mean_test_ppl"]) for r in runs if is_number(r.summary.get("base_mean_test_ppl"))]
         columns.append(
             {
                 "label": _dataset_label(cfg) or Path(d).name,
@@ -74,9 +63,9 @@ def write_table4(compare_dirs: Sequence[str | Path], out: str | Path | None = No
     for c in columns:  # disambiguate repeated labels (e.g. two comparisons of the same data)
         if labels.count(c["label"]) > 1:
             c["label"] = f"{c['label']} ({Path(c['compare_dir']).name})"
-    names = sorted({s for c in columns for s in c["strategies"]}, key=_strategy_rank)
+    names = sorted({s for c in columns for s in c["strategies"]}, key=strategy_rank)
 
-    md_rows: list[list[Any]] = [["base model (no training)"] + [_f(c["base_mean_test_ppl"]) for c in columns]]
+    md_rows: list[list[Any]] = [["base model (no training)"] + [fmt_float(c["base_mean_test_ppl"]) for c in columns]]
     csv_rows: list[list[Any]] = []
     for c in columns:
         csv_rows.append([c["label"], c["compare_dir"], "base", c["base_mean_test_ppl"], None, None, None, False])
@@ -108,15 +97,15 @@ def write_table4(compare_dirs: Sequence[str | Path], out: str | Path | None = No
         for c in columns
     ]
     md += ["", "![table4](table4.png)"]
-    out_dir = Path(out) if out is not None else _beside([Path(d) for d in compare_dirs])
+    out_dir = Path(out) if out is not None else beside([Path(d) for d in compare_dirs])
     header = ["column", "compare_dir", "strategy", "mean_test_ppl", "std_test_ppl", "n_seeds", "seeds", "best"]
-    paths = _write_outputs(out_dir, "table4", md, header, csv_rows, {"strategies": names, "columns": columns})
+    paths = write_outputs(out_dir, "table4", md, header, csv_rows, {"strategies": names, "columns": columns})
     paths["png"] = _plot_table4(out_dir / "table4.png", columns, names)
     return paths
 
 
 def _plot_table4(path: Path, columns: list[dict], names: list[str]) -> Path:
-    colors = _colors(names)
+    colors = strategy_colors(names)
     k = len(names) + 1  # + base model
     width = 0.8 / k
     fig, ax = plt.subplots(figsize=(max(6.0, 1.0 + len(columns) * k * 0.55), 4.6))
@@ -161,4 +150,4 @@ def _plot_table4(path: Path, columns: list[dict], names: list[str]) -> Path:
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8, ncol=min(k, 4), loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False)
     fig.tight_layout()
-    return _save_png(fig, path)
+    return save_png(fig, path)

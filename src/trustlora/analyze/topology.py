@@ -13,21 +13,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
-
-from trustlora.analyze.common import (
-    AnalysisError,
-    _beside,
-    _f,
-    _mean_test_ppl,
-    _save_png,
-    _write_outputs,
-    cfg_get,
-    load_run,
-    mean_ppl_series,
-)
+from trustlora.analyze.common import AnalysisError, beside
 from trustlora.analyze.numbers import first_step_reaching
-from trustlora.report import format_table
+from trustlora.plots import plt, save_png
+from trustlora.rundir import cfg_get, load_run, mean_ppl_series, mean_test_ppl
+from trustlora.tables import fmt_float, format_table, write_outputs
 
 
 def like_for_like_targets(series: list[dict], other_series: list[dict], other_final_full: float) -> list[float]:
@@ -59,7 +49,7 @@ def write_topology(full_dir: str | Path, ring_dir: str | Path, out: str | Path |
     for r, s in zip(runs, series, strict=True):
         if not s:
             raise AnalysisError(f"{r.path}: no test eval records in metrics.jsonl")
-    finals = [_mean_test_ppl(r, "final") for r in runs]  # full split
+    finals = [mean_test_ppl(r.summary, r.records, "final") for r in runs]  # full split
     finals_sub = [None if s[-1]["full"] else s[-1]["mean_ppl"] for s in series]  # last per-round (subsample)
     targets = [like_for_like_targets(series[k], series[1 - k], finals[1 - k]) for k in range(2)]
     reached = [
@@ -81,8 +71,8 @@ def write_topology(full_dir: str | Path, ring_dir: str | Path, out: str | Path |
             [
                 f"{role} (`{run.name}`)",
                 run.strategy,
-                _f(finals[k]),
-                _f(finals_sub[k]),
+                fmt_float(finals[k]),
+                fmt_float(finals_sub[k]),
                 (f"step {reached[k]}" if reached[k] is not None else "not reached") + (" (approx.)" * mixed[k]),
             ]
         )
@@ -96,9 +86,11 @@ def write_topology(full_dir: str | Path, ring_dir: str | Path, out: str | Path |
     md += [
         format_table(headers, summary_rows),
         "",
-        f"- Full run's final mean test ppl {_f(finals[0])} (full split; {_f(finals_sub[0])} on the subsample): "
+        f"- Full run's final mean test ppl {fmt_float(finals[0])} "
+        f"(full split; {fmt_float(finals_sub[0])} on the subsample): "
         "the ring run first reaches ≤ it at " + (f"step {reached[1]}." if reached[1] is not None else "— not reached."),
-        f"- Ring run's final mean test ppl {_f(finals[1])} (full split; {_f(finals_sub[1])} on the subsample): "
+        f"- Ring run's final mean test ppl {fmt_float(finals[1])} "
+        f"(full split; {fmt_float(finals_sub[1])} on the subsample): "
         "the full run first reaches ≤ it at " + (f"step {reached[0]}." if reached[0] is not None else "— not reached."),
         "",
     ]
@@ -128,7 +120,8 @@ def write_topology(full_dir: str | Path, ring_dir: str | Path, out: str | Path |
         a, b = by_step[step]
         rnd = (a or b)["round"]
         kinds = sorted({("full" if p["full"] else "subsample") for p in (a, b) if p is not None})
-        rows.append([step, rnd, _f(a["mean_ppl"]) if a else None, _f(b["mean_ppl"]) if b else None, "/".join(kinds)])
+        means = [fmt_float(p["mean_ppl"]) if p else None for p in (a, b)]
+        rows.append([step, rnd, *means, "/".join(kinds)])
         csv_rows.append(
             [
                 step,
@@ -142,7 +135,7 @@ def write_topology(full_dir: str | Path, ring_dir: str | Path, out: str | Path |
     md += [format_table(["step", "round", "full: mean test ppl", "ring: mean test ppl", "eval"], rows), ""]
     md += ["![mean test ppl per step](topology.png)"]
 
-    out_dir = Path(out) if out is not None else _beside([r.path for r in runs])
+    out_dir = Path(out) if out is not None else beside([r.path for r in runs])
     obj = {
         role: {
             "run_dir": str(run.path),
@@ -163,7 +156,7 @@ def write_topology(full_dir: str | Path, ring_dir: str | Path, out: str | Path |
         "full_eval_full_split",
         "ring_eval_full_split",
     ]
-    paths = _write_outputs(out_dir, "topology", md, header, csv_rows, obj)
+    paths = write_outputs(out_dir, "topology", md, header, csv_rows, obj)
     paths["png"] = _plot_topology(out_dir / "topology.png", runs, roles, series, finals, reached, targets)
     return paths
 
@@ -218,4 +211,4 @@ def _plot_topology(path: Path, runs, roles, series, finals, reached, targets) ->
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save_png(fig, path)
+    return save_png(fig, path)

@@ -15,30 +15,15 @@ import io
 import math
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 
-from trustlora.analyze.common import (
-    AnalysisError,
-    _categories,
-    _colors,
-    _f,
-    _first_seed_per_strategy,
-    _oracle,
-    _pct,
-    _save_png,
-    _write_outputs,
-    cfg_get,
-    find_runs,
-    w_by_round,
-)
+from trustlora.analyze.common import AnalysisError
 from trustlora.analyze.numbers import chance_top_peer, offdiag_normalised, trust_closeness
 from trustlora.cache import atomic_write_text
-from trustlora.report import DASH, _heatmap, _user_labels, format_table
+from trustlora.plots import ANNOTATE_MAX_USERS, heatmap, plt, save_png, strategy_colors
+from trustlora.rundir import cfg_get, find_runs, first_seed_per_strategy, oracle_w, user_categories, w_by_round
+from trustlora.tables import fmt_float, fmt_percent, format_table, user_labels, write_outputs
 from trustlora.trust.quality import METRICS, trust_quality_from
-
-ANNOTATE_MAX_USERS = 12
-
 
 QUALITY_HEADERS = {
     "same_category_mass": "same-category mass",
@@ -58,9 +43,9 @@ def _rounds(run) -> list[tuple]:
 
 def _reference(run, shared, n: int) -> tuple[np.ndarray | None, list]:
     """Oracle W and dominant categories of a run (borrowed from ``shared`` when the run lacks them)."""
-    cats, oracle = _categories(run, n), _oracle(run)
+    cats, oracle = user_categories(run.summary, n), oracle_w(run.summary)
     if shared is not None and (oracle is None or all(c is None for c in cats)):
-        oracle, cats = _oracle(shared), _categories(shared, n)
+        oracle, cats = oracle_w(shared.summary), user_categories(shared.summary, n)
     return oracle, cats
 
 
@@ -97,9 +82,9 @@ def write_trust(compare_dir: str | Path, out: str | Path | None = None) -> dict[
     compare_dir = Path(compare_dir)
     all_runs = find_runs(compare_dir)
     # Runs of one comparison share the data: an unfinished run (no summary.json) borrows oracle and categories.
-    shared = next((r for r in all_runs if _oracle(r) is not None and r.summary.get("user_categories")), None)
+    shared = next((r for r in all_runs if oracle_w(r.summary) is not None and r.summary.get("user_categories")), None)
     entries = []
-    for run in _first_seed_per_strategy(all_runs):
+    for run in first_seed_per_strategy(all_runs):
         rounds = _rounds(run)
         if not rounds:
             continue
@@ -147,7 +132,7 @@ def write_trust(compare_dir: str | Path, out: str | Path | None = None) -> dict[
         "**L1**: mean over users of sum_j |W_ij − O_ij| against the oracle O (diagonal kept; 0 = identical, "
         "2 = disjoint). **Top-peer accuracy**: fraction of users whose largest off-diagonal trust goes to a peer "
         "with the same dominant category (ties count fractionally; users without a same-category peer are left "
-        f"out). A uniform W scores {_pct(chance)}.",
+        f"out). A uniform W scores {fmt_percent(chance)}.",
         "",
         "## Final round",
         "",
@@ -160,8 +145,8 @@ def write_trust(compare_dir: str | Path, out: str | Path | None = None) -> dict[
                 e["run"].strategy,
                 e["run"].seed,
                 last["round"],
-                _f(last["l1"], ".3f"),
-                _pct(last["top_peer_acc"]),
+                fmt_float(last["l1"], ".3f"),
+                fmt_percent(last["top_peer_acc"]),
                 "yes" if e["apply"] else "no",
                 e["topology"],
             ]
@@ -181,17 +166,17 @@ def write_trust(compare_dir: str | Path, out: str | Path | None = None) -> dict[
                 [
                     q["strategy"],
                     q["n_seeds"],
-                    _f(q["same_category_mass"], ".3f"),
-                    _pct(q["top_peer_accuracy"]),
-                    _f(q["effective_peers"]),
-                    _f(q["l1_to_oracle_offdiag"], ".3f"),
+                    fmt_float(q["same_category_mass"], ".3f"),
+                    fmt_percent(q["top_peer_accuracy"]),
+                    fmt_float(q["effective_peers"]),
+                    fmt_float(q["l1_to_oracle_offdiag"], ".3f"),
                 ]
                 for q in quality
             ],
         ),
         "",
         "**Same-category mass**: share of a user's off-diagonal trust on peers with its dominant category "
-        f"(a uniform W scores {_f(uniform, '.3f')}, the oracle of one-hot data 1). **Top-peer acc**: as above. "
+        f"(a uniform W scores {fmt_float(uniform, '.3f')}, the oracle of one-hot data 1). **Top-peer acc**: as above. "
         "**Effective peers**: 1 / Σ_j w_ij², self included (1 = local, N = uniform). **L1 to oracle (off-diag)**: "
         "between the off-diagonal rows of W and of the oracle, each renormalised to sum 1 (0 = same weighting of "
         "peers, 2 = disjoint). Means over users leave out users where a metric is undefined (no same-category "
@@ -208,9 +193,9 @@ def write_trust(compare_dir: str | Path, out: str | Path | None = None) -> dict[
                     e["run"].strategy,
                     c["round"],
                     c["step"],
-                    _f(c["l1"], ".3f"),
-                    _pct(c["top_peer_acc"]),
-                    _f(c["scm"], ".3f"),
+                    fmt_float(c["l1"], ".3f"),
+                    fmt_percent(c["top_peer_acc"]),
+                    fmt_float(c["scm"], ".3f"),
                 ]
             )
             csv_rows.append(
@@ -260,7 +245,7 @@ def write_trust(compare_dir: str | Path, out: str | Path | None = None) -> dict[
         "trust_applied",
         "same_category_mass",
     ]
-    paths = _write_outputs(out_dir, "trust", md, header, csv_rows, obj)
+    paths = write_outputs(out_dir, "trust", md, header, csv_rows, obj)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["strategy", "n_seeds", *METRICS])
@@ -296,7 +281,7 @@ def _plot_trust_w(path: Path, entries: list[dict], title: str) -> Path:
     finite = np.concatenate([s[np.isfinite(s)] for s in shown]) if shown else np.array([])
     vmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
     n = shown[0].shape[0]
-    labels = _user_labels([DASH if c is None else c for c in entries[0]["categories"]])
+    labels = user_labels(entries[0]["categories"])
     nrows = math.ceil(len(panels) / 4)
     ncols = math.ceil(len(panels) / nrows)
     side = max(2.8, 0.38 * n + 1.6)
@@ -310,8 +295,9 @@ def _plot_trust_w(path: Path, entries: list[dict], title: str) -> Path:
     cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
     im = None
     for k, (ax, (name, _, last), m) in enumerate(zip(axes.flat, panels, shown, strict=False)):
-        sub = name if last is None else f"{name}\nL1 {_f(last['l1'])} · top-peer {_pct(last['top_peer_acc'])}"
-        im = _heatmap(ax, np.ma.masked_invalid(m), labels, sub, annotate=False, ticks=n <= 16)
+        closeness = "" if last is None else f"L1 {fmt_float(last['l1'])} · top-peer {fmt_percent(last['top_peer_acc'])}"
+        sub = name if last is None else f"{name}\n{closeness}"
+        im = heatmap(ax, np.ma.masked_invalid(m), labels, sub, annotate=False, ticks=n <= 16)
         im.set_cmap(cmap)
         im.set_clim(0.0, vmax)
         if k % ncols:
@@ -326,11 +312,11 @@ def _plot_trust_w(path: Path, entries: list[dict], title: str) -> Path:
         ax.axis("off")
     fig.colorbar(im, ax=list(axes.flat), shrink=0.8, label="off-diagonal trust (rows renormalised)")
     fig.suptitle(f"Final W per strategy vs oracle, self-weight masked (grey) · {title}", fontsize=11)
-    return _save_png(fig, path)
+    return save_png(fig, path)
 
 
 def _plot_trust_curves(path: Path, entries: list[dict], chance: float, uniform: float, title: str) -> Path:
-    colors = _colors([e["run"].strategy for e in entries])
+    colors = strategy_colors([e["run"].strategy for e in entries])
     fig, (ax_l, ax_a, ax_s) = plt.subplots(1, 3, figsize=(16, 4.2))
     for k, e in enumerate(entries):  # distinct markers and dashes: strategies often coincide (e.g. L1 = 1)
         name = e["run"].strategy
@@ -360,4 +346,4 @@ def _plot_trust_curves(path: Path, entries: list[dict], chance: float, uniform: 
     ax_a.legend(fontsize=8, loc="best")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    return _save_png(fig, path)
+    return save_png(fig, path)
