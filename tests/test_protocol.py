@@ -258,7 +258,7 @@ def test_validation_candidate_auto_follows_the_mode():
 
 
 def test_update_check_drops_updates_that_do_not_lower_the_receivers_val_loss(tiny_overrides):
-    cfg = load_config(None, tiny_overrides + ["strategy=predictions", "faults.update_check=true"])
+    cfg = load_config(None, tiny_overrides + ["strategy=predictions", "faults.update_check=loss"])
     proto = _rounds(cfg)
     mm = proto.mm
     before = mm.get_flat()
@@ -280,3 +280,34 @@ def test_update_check_drops_updates_that_do_not_lower_the_receivers_val_loss(tin
     assert keep[1, 2].item() is True  # 0.01 of 0.31 peer mass (3 %): left unchecked
     assert keep[2, 2].item() is True and keep[2, 1].item() is False  # weight-0 peers unchecked; zero dropped
     assert keep.diagonal().all()
+
+
+def test_aligned_updates_drop_flipped_random_and_empty_updates():
+    from trustlora.guard import aligned_updates
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(1000, generator=g, dtype=torch.float64)
+    honest = [base + 0.5 * torch.randn(1000, generator=g, dtype=torch.float64) for _ in range(3)]
+    deltas = torch.stack([honest[0], honest[1], -honest[2], torch.zeros(1000, dtype=torch.float64), honest[2]])
+    own = torch.stack([honest[0], torch.zeros(1000, dtype=torch.float64)])  # user 0, and user 1 with no update
+    keep = aligned_updates(deltas, own, rows=[0, 1])
+    assert keep[0].tolist() == [True, True, False, False, True]  # flipped and empty updates dropped
+    assert keep[1].all()  # nothing to compare with: everyone kept
+
+
+def test_update_check_align_runs_and_records_dropped_updates(tiny_overrides, tmp_path):
+    run_dir, _ = _run(
+        tiny_overrides,
+        tmp_path,
+        "align",
+        ["strategy=predictions", "faults.update_check=align", "attack.users=[2]", "attack.kind=sign_flip"],
+    )
+    recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    trust = [r for r in recs if r["kind"] == "trust"]
+    assert all("harmful" in r for r in trust)
+    dropped = {tuple(p) for r in trust for p in r["harmful"]}
+    assert all(s != r for r, s in dropped)
+    for r in trust:  # a dropped sender has weight 0 in that row
+        for recv, send in r["harmful"]:
+            assert r["W"][recv][send] == 0.0
+    assert (0, 2) in dropped or (1, 2) in dropped  # the flipped update is caught somewhere

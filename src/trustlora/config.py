@@ -332,17 +332,24 @@ class FaultsConfig:
     dropout_prob: float = 0.0
     """Simulation: probability that a user misses a round (seeded by seed and round): it neither sends nor
     aggregates, keeps training locally and rejoins; present users aggregate over the peers present."""
-    update_check: bool = False
-    """Update mode, weighted strategies: before mixing, each receiver scores (its model before the round + peer j's
-    update) on its first ``trust.val_tokens`` val tokens for the peers that hold its row's weight (all but the
-    lightest ``UPDATE_CHECK_UNCHECKED`` = 5 % of the peer mass) and drops every peer whose update does not lower its
-    val loss (row renormalised; recorded as ``harmful`` in the trust record). Catches a peer whose published model
-    looks right but whose update is a lie (sign_flip, noise, zero). Costs one forward of those candidates."""
+    update_check: str = "off"
+    """Update mode, trust strategies (weights, validation, predictions): a second look at each peer's update before
+    mixing it. 'align': drop peer j's update when it points away from the receiver's own (cosine(delta_j, delta_i)
+    <= 0: a flipped, random or empty update); no extra compute. 'loss': score (the receiver's model before the round
+    + delta_j) on its first ``trust.val_tokens`` val tokens for the peers holding the row's weight (all but the
+    lightest 5 %) and drop updates that do not lower its val loss (one forward of those candidates; measured to drop
+    most honest updates after the first rounds, see README 'Faulty and lying peers'). 'off' (default). Dropped pairs
+    are recorded as ``harmful`` in the trust record and the row renormalised."""
 
     def validate(self) -> None:
         _check(self.max_norm_ratio >= 0, "faults.max_norm_ratio", "a number >= 0 (0 = no bound)", self.max_norm_ratio)
         _check(0 <= self.dropout_prob < 1, "faults.dropout_prob", "a probability in [0, 1)", self.dropout_prob)
-        _check(isinstance(self.update_check, bool), "faults.update_check", "true or false", self.update_check)
+        _check(
+            self.update_check in ("off", "align", "loss"),
+            "faults.update_check",
+            "'off', 'align' or 'loss'",
+            self.update_check,
+        )
 
 
 @dataclass

@@ -118,3 +118,16 @@ def restrict_to(w: torch.Tensor, accept: torch.Tensor, rows: list[int]) -> torch
     own = torch.zeros_like(out)
     own[torch.arange(len(rows)), torch.tensor(rows, dtype=torch.long)] = 1.0
     return torch.where(sums > 0, out / sums.clamp_min(1e-300), own)
+
+
+def aligned_updates(deltas: torch.Tensor, own: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """``faults.update_check=align``: [n, N] bool, False where peer j's update points away from receiver i's own
+    (cosine(deltas[j], own[i]) <= 0, which includes an empty update). Self is always kept, and so is every peer of a
+    receiver whose own update is empty (nothing to compare with). deltas [N, P], own [n, P]."""
+    d, o = deltas.double(), own.double()
+    dots = o @ d.T  # [n, N]
+    norms = o.norm(dim=1, keepdim=True) * d.norm(dim=1).view(1, -1)
+    keep = (dots > 0) & (norms > 0)
+    keep |= o.norm(dim=1, keepdim=True) == 0
+    keep[torch.arange(len(rows)), torch.tensor(rows, dtype=torch.long)] = True
+    return keep

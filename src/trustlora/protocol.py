@@ -23,7 +23,7 @@ from trustlora.aggregate import mix_updates, mix_weights, neighbour_mask
 from trustlora.attacks import UPDATE_KINDS, fake_topk, poison_updates, round_rng
 from trustlora.comm import Communicator
 from trustlora.config import Config
-from trustlora.guard import check_messages, restrict_to, sanitize
+from trustlora.guard import aligned_updates, check_messages, restrict_to, sanitize
 from trustlora.model.multilora import MultiLoRA
 from trustlora.reference import base_topk_predictions
 from trustlora.train import LocalTrainer, cross_losses, evaluate, topk_predictions
@@ -168,23 +168,19 @@ class Rounds:
         self.mm.set_flat(own)
         return out
 
-    def _update_check(
-        self, before: torch.Tensor, deltas: torch.Tensor, w: torch.Tensor, skip: list[int] = ()
-    ) -> torch.Tensor:
+    def _update_check(self, before: torch.Tensor, deltas: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """[n_local, N] bool: False where peer j's update does not lower local user i's val loss.
 
         Candidates ``before[i] + deltas[j]`` are scored for the peers holding row i's weight, heaviest first, until
         the unchecked peers hold at most :data:`UPDATE_CHECK_UNCHECKED` of it (the rest are kept unchecked), against
         ``before[i]`` itself, on the first ``trust.val_tokens`` tokens of i's val split; in chunks of this process's
-        slots. Rows in ``skip`` (local slots that do not aggregate) are not checked.
+        slots (``faults.update_check=loss``).
         """
         n_local, n = len(self.users), self.comm.n_users
         tr, tc = self.cfg.train, self.cfg.trust
         own = self.mm.get_flat()
         keep = torch.ones(n_local, n, dtype=torch.bool)
         for a, i in enumerate(self.users):
-            if a in skip:
-                continue
             row = w[a].double().clone()
             row[i] = 0.0
             mass = float(row.sum())
@@ -355,15 +351,20 @@ class Rounds:
         # missed the round, or an attacker: keeps its own locally trained model (row = itself)
         alone = [a for a, u in enumerate(self.users) if not present[u] or a in self.attack_slots]
         harmful: list[list[int]] = []
+        check = self.cfg.faults.update_check
         if (
-            self.cfg.faults.update_check
+            check != "off"
             and getattr(strat, "update_check", False)
             and applying
             and tc.mode == "update"
             and getattr(strat, "aggregate", None) is None
         ):
-            self.progress("trust: checking updates on val")
-            keep = self._update_check(before, msgs["delta"], w, skip=alone)
+            if check == "align":
+                keep = aligned_updates(msgs["delta"].cpu(), own_delta.cpu(), self.users)
+            else:
+                self.progress("trust: checking updates on val")
+                keep = self._update_check(before, msgs["delta"], w)
+            keep[alone] = True  # rows that do not aggregate are not checked
             harmful = [[self.users[a], j] for a, j in (~keep).nonzero().tolist()]
             w = restrict_to(w, keep, self.users)
         for a in alone:
@@ -438,7 +439,7 @@ class Rounds:
                 "bytes": self.comm.sent_bytes(),
                 "rejected": faults["rejected"],  # messages dropped by the receiving-side checks (trustlora.guard)
                 "absent": faults["absent"],  # users who missed this round (faults.dropout_prob)
-                "harmful": faults["harmful"],  # [receiver, sender]: updates that did not lower the receiver's val loss
+                "harmful": faults["harmful"],  # [receiver, sender]: updates dropped by faults.update_check
                 "bytes_equiv": self.message_sizes(after),
             }
         )
