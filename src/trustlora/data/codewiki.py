@@ -32,7 +32,7 @@ from typing import Any
 
 from trustlora.config import DataConfig
 from trustlora.data import fetch
-from trustlora.data.sources import DataSourceError, register
+from trustlora.data.sources import DataSourceError, decode_legacy, register, wanted_categories
 
 JAVA_PACKAGE = "openjdk-17-source"
 JAVA_MAX_FILES = 3000
@@ -65,12 +65,12 @@ def java_documents(src_zip: bytes, limit: int = JAVA_MAX_FILES) -> list[str]:
         names = sorted(n for n in zf.namelist() if n.startswith("java.base/") and n.endswith(".java"))
         if len(names) > limit:
             names = [names[i * len(names) // limit] for i in range(limit)]
-        docs = (strip_licence_header(fetch.decode_legacy(zf.read(n))) for n in names)
+        docs = (strip_licence_header(decode_legacy(zf.read(n))) for n in names)
         return [d for d in docs if d]
 
 
 def _java_build(store: fetch.Store) -> list[str]:
-    deb = fetch.apt_deb(store, JAVA_PACKAGE)
+    deb = store.fetch(fetch.Deb(JAVA_PACKAGE))
     found = list(fetch.deb_files(deb, "codewiki", lambda p: p.startswith("usr/lib/jvm/") and p.endswith("/src.zip")))
     if not found:
         raise DataSourceError(f"codewiki: no usr/lib/jvm/*/src.zip in '{deb}'")
@@ -209,7 +209,7 @@ def wiki_articles(xml_file: Any, min_words: int = WIKI_MIN_WORDS) -> list[str]:
 
 
 def _wiki_build(store: fetch.Store) -> list[str]:
-    wheel = fetch.pip_wheel(store, GENSIM_REQUIREMENT, "gensim-4.4.0-*.whl")
+    wheel = store.fetch(fetch.Wheel(GENSIM_REQUIREMENT, "gensim-4.4.0-*.whl"))
     prefix = "gensim/test/test_data/"
     docs: list[str] = []
     try:
@@ -237,6 +237,6 @@ def _wiki_build(store: fetch.Store) -> list[str]:
 @register("codewiki", default_categories=["java", "wiki"])
 def _codewiki_source(cfg: DataConfig) -> dict[str, list[str]]:
     store = fetch.Store("codewiki")
-    wanted = fetch.wanted_categories(cfg, "codewiki", ("java", "wiki"))
+    wanted = wanted_categories(cfg, "codewiki", ("java", "wiki"))
     builders = {"java": _java_build, "wiki": _wiki_build}
     return fetch.cached_documents(store, wanted, lambda missing: {c: builders[c](store) for c in missing})

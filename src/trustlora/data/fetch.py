@@ -1,30 +1,36 @@
-"""Shared helpers of the offline text sources (:mod:`~trustlora.data.bbc`, :mod:`~trustlora.data.libreoffice`,
-:mod:`~trustlora.data.codewiki`): the cache of extracted documents, the choice of categories, downloads of
-wheels (``pip download``) and Debian packages (``apt-get download``), and reading ``.deb`` archives without
-dpkg. Nothing is ever installed.
+"""The download/cache layer of every data source (:mod:`~trustlora.data.sources`' ``parlspeech``,
+:mod:`~trustlora.data.bbc`, :mod:`~trustlora.data.libreoffice`, :mod:`~trustlora.data.codewiki`): where the
+cache lives, registry downloads of wheels (``pip download``) and Debian packages (``apt-get download``),
+hash checks, atomic extraction, and reading ``.deb`` archives without dpkg. Nothing is ever installed.
 
-Every download is kept in ``<cache>/downloads``; the documents extracted from it go to
-``<cache>/data/<source>/<category>.jsonl`` (one JSON string per line). ``hashes.json`` beside them
-records the sha256 of every download (with its requirement or package and version) and of every
-``.jsonl``: a later load reads the ``.jsonl`` files whose hash matches and does not touch the archives,
-a changed download is refused. A source built on these helpers looks like::
+* :func:`downloads_dir` / :func:`source_dir`: ``<cache>/downloads`` (every download, shared by the sources)
+  and ``<cache>/data/<source>`` (what a source extracted, with a ``hashes.json`` record).
+* :class:`Wheel` / :class:`Deb`: a registry artifact; :func:`get_artifact` returns its file in the downloads
+  folder, fetching it if needed, hash-checked against its pinned sha256, else the recorded one.
+* :func:`staged`: a temp folder whose files are renamed into place only when the block succeeds, so neither
+  a failed download nor a failed extraction leaves anything half-written.
+* :class:`Store`: ``<cache>/data/<source>/<category>.jsonl`` (one JSON string per line) plus ``hashes.json``
+  recording the sha256 of every download (with its requirement or package and version) and of every
+  ``.jsonl``: a later load reads the ``.jsonl`` files whose hash matches and does not touch the archives,
+  a changed download is refused. :func:`cached_documents` builds only the categories not cached.
+
+A source built on this layer looks like::
 
     from trustlora.data import fetch
-    from trustlora.data.sources import register
+    from trustlora.data.sources import register, wanted_categories
 
     @register("mysource", default_categories=["a", "b"])
     def _mysource(cfg):
         store = fetch.Store("mysource")
-        wanted = fetch.wanted_categories(cfg, "mysource", ("a", "b", "c"))
+        wanted = wanted_categories(cfg, "mysource", ("a", "b", "c"))
         return fetch.cached_documents(store, wanted, lambda missing: build(store, missing))
 
-where ``build`` fetches its archive with :func:`pip_wheel` or :func:`apt_deb` (reading a ``.deb`` with
-:func:`deb_files`) and returns ``{category: [documents]}``. Errors are one-line
-:class:`~trustlora.data.sources.DataSourceError` messages naming the source.
+where ``build`` gets its archive with ``store.fetch(fetch.Wheel(...))`` or ``store.fetch(fetch.Deb(...))``
+(reading a ``.deb`` with :func:`deb_files`) and returns ``{category: [documents]}``. Errors are one-line
+:class:`DataSourceError` messages naming the source; a download that fails (offline, unknown package,
+tool missing) is a :class:`DownloadError` naming the package and the command to run by hand.
 
-The source modules use these helpers as ``fetch.<name>`` (looked up at call time), not ``from fetch import``:
-importing :mod:`trustlora.data.sources` imports the source modules at its end, so any of these modules may
-still be half-initialised when another one is imported.
+This module imports nothing else of :mod:`trustlora.data`, so every source module can import it first.
 """
 
 from __future__ import annotations
@@ -44,100 +50,158 @@ import tarfile
 import tempfile
 import urllib.parse
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trustlora.cache import atomic_write_bytes, atomic_write_json, cache_dir, sha256_file
-from trustlora.config import ConfigError, DataConfig
-from trustlora.data.sources import DEFAULT_CATEGORIES, DataSourceError, _read_json
+from trustlora.cache import atomic_write_json, cache_dir, sha256_file
+from trustlora.config import ConfigError
 
 log = logging.getLogger(__name__)
 
 
-# --------------------------------------------------------------------------------------------------
-# cache of extracted documents
+class DataSourceError(ConfigError):
+    """A source's data could not be obtained or verified (download failed, hash mismatch, bad archive).
+
+    A subclass of :class:`ConfigError` (a :class:`~trustlora.config.UserError`) so front ends report it as
+    the one-line message it is.
+    """
 
 
-class Store:
-    """``<cache>/data/<source>``: ``<category>.jsonl`` files and ``hashes.json`` (downloads + jsonl hashes)."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.dir = cache_dir("data", source)
-        self.record_path = self.dir / "hashes.json"
-        self.record = _read_json(self.record_path)
-
-    def section(self, key: str) -> dict[str, Any]:
-        sec = self.record.get(key)
-        if not isinstance(sec, dict):
-            sec = self.record[key] = {}
-        return sec
-
-    def path(self, category: str) -> Path:
-        return self.dir / (re.sub(r"[^A-Za-z0-9_.-]", "_", category) + ".jsonl")
-
-    def load(self, category: str) -> list[str] | None:
-        """The cached documents of ``category``, or None when missing or not matching the recorded hash."""
-        path = self.path(category)
-        expected = self.section("docs").get(category)
-        if not isinstance(expected, str) or not path.is_file():
-            return None
-        data = path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != expected:
-            log.warning("%s: %s does not match its recorded hash; extracting it again", self.source, path)
-            return None
-        try:
-            docs = [json.loads(line) for line in data.decode("utf-8").split("\n") if line]  # not splitlines: U+2028
-        except ValueError:
-            return None
-        return [d for d in docs if isinstance(d, str)]
-
-    def save(self, category: str, docs: list[str]) -> None:
-        data = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs).encode("utf-8")
-        atomic_write_bytes(self.path(category), data)
-        self.section("docs")[category] = hashlib.sha256(data).hexdigest()
-        self.write()
-
-    def write(self) -> None:
-        atomic_write_json(self.record_path, self.record)
-
-
-def wanted_categories(cfg: DataConfig, source: str, available: Iterable[str]) -> list[str]:
-    """Categories of ``available`` to fetch: those of ``cfg.categories``, else the defaults, else all."""
-    available = list(available)
-    if cfg.categories:
-        wanted = [str(c).strip() for c in cfg.categories]
-        for c in wanted:
-            if c not in available:
-                raise ConfigError(
-                    f"data.categories: unknown category {c!r} for data.source={source}; "
-                    f"available: {', '.join(sorted(available))}"
-                )
-        return [c for c in available if c in wanted]
-    default = DEFAULT_CATEGORIES.get(source)
-    return [c for c in available if c in default] if default else available
-
-
-def cached_documents(
-    store: Store, categories: list[str], build: Callable[[list[str]], dict[str, list[str]]]
-) -> dict[str, list[str]]:
-    """Cached documents of ``categories``; ``build(missing)`` extracts the others (and may return more
-    categories than asked: all it returns is cached)."""
-    out = {c: store.load(c) for c in categories}
-    missing = [c for c, d in out.items() if d is None]
-    if missing:
-        built = build(missing)
-        for c in dict.fromkeys([*missing, *built]):
-            docs = built.get(c, [])
-            store.save(c, docs)
-            if c in out:
-                out[c] = docs
-    return {c: d or [] for c, d in out.items()}
+class DownloadError(DataSourceError):
+    """A registry artifact could not be downloaded (offline, unknown package, ``apt-get`` missing): one line
+    naming the source, the package and what to do."""
 
 
 # --------------------------------------------------------------------------------------------------
-# downloads: pip (wheels) and apt-get (Debian packages)
+# cache folders, records, atomic extraction
+
+
+def downloads_dir() -> Path:
+    """``<cache>/downloads``: every downloaded wheel and ``.deb`` (created)."""
+    return cache_dir("downloads")
+
+
+def source_dir(source: str) -> Path:
+    """``<cache>/data/<source>``: the files extracted for ``source`` and their ``hashes.json`` (created)."""
+    return cache_dir("data", source)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; ``{}`` when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+@contextmanager
+def staged(dest: Path, prefix: str = ".extract-") -> Iterator[Path]:
+    """A fresh temp folder inside ``dest`` to write into. When the block ends without an error, every file
+    left in it (hidden ones excepted) is renamed into ``dest``, each rename atomic; on an error nothing is
+    moved. The temp folder is removed either way, so ``dest`` never holds a half-written file."""
+    tmp = Path(tempfile.mkdtemp(dir=dest, prefix=prefix))
+    try:
+        yield tmp
+        for p in sorted(tmp.iterdir()):
+            if p.is_file() and not p.name.startswith("."):
+                os.replace(p, dest / p.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_hash(source: str, path: Path, expected: str | None, record_path: Path) -> str:
+    """sha256 of ``path``; DataSourceError when ``expected`` is given and differs."""
+    digest = sha256_file(path)
+    if expected and digest != expected:
+        raise DataSourceError(
+            f"{source}: '{path}' has sha256 {digest}, expected {expected} (recorded in {record_path}); "
+            "delete the file and run again to re-download it"
+        )
+    return digest
+
+
+# --------------------------------------------------------------------------------------------------
+# registry artifacts: pip (wheels) and apt-get (Debian packages)
+
+_PIP_DOWNLOAD = ("-m", "pip", "download", "--no-deps", "--only-binary=:all:")
+
+
+@dataclass(frozen=True)
+class Wheel:
+    """A wheel of ``requirement`` from PyPI, file name matching ``pattern``, optionally pinned to ``sha256``."""
+
+    requirement: str
+    pattern: str
+    sha256: str | None = None
+    tool = "pip"
+    newest = False  # of several cached files matching ``pattern``, use the first (sorted)
+
+    @property
+    def name(self) -> str:
+        return self.requirement
+
+    def command(self, dest: Path) -> tuple[list[str], Path | None]:
+        """(command, cwd) saving the wheel into ``dest``."""
+        cmd = [sys.executable, *_PIP_DOWNLOAD, "--disable-pip-version-check", "-d", str(dest), self.requirement]
+        return cmd, None
+
+    def failure(self, source: str, err: str, downloads: Path) -> str:
+        hand = shlex.join([sys.executable, *_PIP_DOWNLOAD, "-d", str(downloads), self.requirement])
+        return (
+            f"{source}: could not download {self.requirement} with pip ({err or 'no wheel saved'}); check the "
+            f"network and the package index, then run again, or run by hand: {hand}"
+        )
+
+    def entry(self, path: Path, digest: str) -> dict[str, str]:
+        return {"file": path.name, "requirement": self.requirement, "sha256": digest}
+
+
+def _apt_lists_present() -> bool:
+    lists = Path("/var/lib/apt/lists")
+    return lists.is_dir() and any(lists.glob("*_Packages*"))
+
+
+@dataclass(frozen=True)
+class Deb:
+    """The Debian package ``package`` (``apt-get download``: no root, no install; not pinned)."""
+
+    package: str
+    tool = "apt-get"
+    newest = True  # of several cached versions, use the last (sorted)
+    sha256 = None
+
+    @property
+    def name(self) -> str:
+        return self.package
+
+    @property
+    def pattern(self) -> str:
+        return f"{self.package}_*.deb"
+
+    def command(self, dest: Path) -> tuple[list[str], Path | None]:
+        return ["apt-get", "download", self.package], dest
+
+    def failure(self, source: str, err: str, downloads: Path) -> str:
+        hand = f"cd {shlex.quote(str(downloads))} && apt-get download {self.package}"
+        low = err.lower()
+        stale = "unable to locate" in low or "no installation candidate" in low or not _apt_lists_present()
+        hint = "; the apt package lists are missing or stale: run `apt-get update` first (as root)" if stale else ""
+        return (
+            f"{source}: could not download the Debian package {self.package} with apt-get "
+            f"({err or 'no .deb saved'}){hint}; then run again or by hand: {hand}"
+        )
+
+    def entry(self, path: Path, digest: str) -> dict[str, str]:
+        parts = urllib.parse.unquote(path.name).split("_")
+        version = parts[1] if len(parts) >= 3 else ""
+        return {"file": path.name, "package": self.package, "version": version, "sha256": digest}
+
+
+Artifact = Wheel | Deb
 
 
 def _run(cmd: list[str], cwd: Path | None = None, timeout: float = 1800) -> tuple[bool, str]:
@@ -151,110 +215,49 @@ def _run(cmd: list[str], cwd: Path | None = None, timeout: float = 1800) -> tupl
     return proc.returncode == 0, err or (lines[-1] if lines else "")
 
 
-def _check_hash(source: str, path: Path, expected: str | None, record_path: Path) -> str:
-    digest = sha256_file(path)
-    if expected and digest != expected:
-        raise DataSourceError(
-            f"{source}: '{path}' has sha256 {digest}, expected {expected} (recorded in {record_path}); "
-            "delete the file and run again to re-download it"
+def download(source: str, art: Artifact) -> Path:
+    """Download ``art`` into a temp folder of :func:`downloads_dir`, check its pinned hash, then rename it into
+    place; :class:`DownloadError` (one line: package, cause, the command to run by hand) when that fails."""
+    downloads = downloads_dir()
+    if isinstance(art, Deb) and shutil.which("apt-get") is None:
+        raise DownloadError(
+            f"{source}: apt-get not found; the Debian package {art.package} is fetched with apt-get download "
+            "(a Debian or Ubuntu system is needed)"
         )
-    return digest
+    log.info("%s: downloading %s with %s", source, art.name, art.tool)
+    with staged(downloads, prefix=f".{art.tool.split('-')[0]}-") as tmp:
+        cmd, cwd = art.command(tmp)
+        ok, err = _run(cmd, cwd=cwd)
+        got = sorted(tmp.glob(art.pattern))
+        if not ok or not got:
+            raise DownloadError(art.failure(source, err, downloads))
+        for other in tmp.iterdir():
+            if other != got[0] and other.is_file():
+                other.unlink()  # only the artifact itself moves into the downloads folder
+        if art.sha256:
+            digest = sha256_file(got[0])
+            if digest != art.sha256:
+                raise DataSourceError(
+                    f"{source}: downloaded {got[0].name} has sha256 {digest}, expected {art.sha256}; refusing to use it"
+                )
+    return downloads / got[0].name
 
 
-def pip_wheel(store: Store, requirement: str, pattern: str, pinned: str | None = None) -> Path:
-    """The wheel of ``requirement`` (file name ``pattern``) in the downloads cache, fetched with
-    ``pip download --no-deps --only-binary=:all:`` if needed; hash-checked (against ``pinned`` and the
-    record) and recorded in the store's ``hashes.json``."""
-    source = store.source
-    downloads = cache_dir("downloads")
-    rec = store.section("downloads").get(requirement)
-    rec = rec if isinstance(rec, dict) else {}
+def get_artifact(source: str, art: Artifact, recorded: Any, record_path: Path) -> tuple[Path, dict[str, str]]:
+    """(path, record entry) of ``art`` in the downloads folder: the file named in ``recorded`` (its earlier
+    record entry), else a cached file matching its pattern, else :func:`download`-ed. Its sha256 must match
+    the pinned one, or else the recorded one (DataSourceError naming ``record_path`` otherwise)."""
+    downloads = downloads_dir()
+    rec = recorded if isinstance(recorded, dict) else {}
     path = downloads / rec["file"] if isinstance(rec.get("file"), str) else None
     if path is None or not path.is_file():
-        found = sorted(downloads.glob(pattern))
-        path = found[0] if found else None
+        found = sorted(downloads.glob(art.pattern))
+        path = (found[-1] if art.newest else found[0]) if found else None
         rec = {}
     if path is None:
-        args = ["-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-        hand = shlex.join([sys.executable, *args, "-d", str(downloads), requirement])
-        tmp = Path(tempfile.mkdtemp(dir=downloads, prefix=".pip-"))
-        try:
-            log.info("%s: downloading %s with pip", source, requirement)
-            ok, err = _run([sys.executable, *args, "--disable-pip-version-check", "-d", str(tmp), requirement])
-            got = sorted(tmp.glob(pattern))
-            if not ok or not got:
-                raise DataSourceError(
-                    f"{source}: could not download {requirement} with pip ({err or 'no wheel saved'}); "
-                    f"run by hand: {hand}"
-                )
-            if pinned:
-                digest = sha256_file(got[0])
-                if digest != pinned:
-                    raise DataSourceError(
-                        f"{source}: downloaded {got[0].name} has sha256 {digest}, expected {pinned}; refusing to use it"
-                    )
-            path = downloads / got[0].name
-            os.replace(got[0], path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    expected = pinned or rec.get("sha256")
-    digest = _check_hash(source, path, expected, store.record_path)
-    store.section("downloads")[requirement] = {"file": path.name, "requirement": requirement, "sha256": digest}
-    store.write()
-    return path
-
-
-def _apt_lists_present() -> bool:
-    lists = Path("/var/lib/apt/lists")
-    return lists.is_dir() and any(lists.glob("*_Packages*"))
-
-
-def apt_deb(store: Store, package: str) -> Path:
-    """The ``.deb`` of ``package`` in the downloads cache, fetched with ``apt-get download`` if needed
-    (no root, no install); its sha256 and version are recorded in the store's ``hashes.json``."""
-    source = store.source
-    downloads = cache_dir("downloads")
-    rec = store.section("downloads").get(package)
-    rec = rec if isinstance(rec, dict) else {}
-    path = downloads / rec["file"] if isinstance(rec.get("file"), str) else None
-    if path is None or not path.is_file():
-        found = sorted(downloads.glob(f"{package}_*.deb"))
-        path = found[-1] if found else None
-        rec = {}
-    if path is None:
-        hand = f"cd {shlex.quote(str(downloads))} && apt-get download {package}"
-        if shutil.which("apt-get") is None:
-            raise DataSourceError(
-                f"{source}: apt-get not found; the Debian package {package} is fetched with apt-get download "
-                "(a Debian or Ubuntu system is needed)"
-            )
-        tmp = Path(tempfile.mkdtemp(dir=downloads, prefix=".apt-"))
-        try:
-            log.info("%s: downloading the Debian package %s with apt-get", source, package)
-            ok, err = _run(["apt-get", "download", package], cwd=tmp)
-            got = sorted(tmp.glob(f"{package}_*.deb"))
-            if not ok or not got:
-                low = err.lower()
-                stale = "unable to locate" in low or "no installation candidate" in low or not _apt_lists_present()
-                hint = (
-                    "; the apt package lists are missing or stale: run `apt-get update` first (as root)"
-                    if stale
-                    else ""
-                )
-                raise DataSourceError(
-                    f"{source}: could not download the Debian package {package} with apt-get "
-                    f"({err or 'no .deb saved'}){hint}; then run again or by hand: {hand}"
-                )
-            path = downloads / got[0].name
-            os.replace(got[0], path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    digest = _check_hash(source, path, rec.get("sha256"), store.record_path)
-    parts = urllib.parse.unquote(path.name).split("_")
-    version = parts[1] if len(parts) >= 3 else ""
-    store.section("downloads")[package] = {"file": path.name, "package": package, "version": version, "sha256": digest}
-    store.write()
-    return path
+        path = download(source, art)
+    digest = check_hash(source, path, art.sha256 or rec.get("sha256"), record_path)
+    return path, art.entry(path, digest)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -339,12 +342,77 @@ def deb_files(path: Path, source: str, want: Callable[[str], bool]) -> Iterator[
 
 
 # --------------------------------------------------------------------------------------------------
-# text
+# cache of extracted documents
 
 
-def decode_legacy(data: bytes) -> str:
-    """UTF-8, else Windows-1252 (a few BBC files are not UTF-8)."""
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return data.decode("cp1252", errors="replace")
+class Store:
+    """``<cache>/data/<source>``: ``<category>.jsonl`` files and ``hashes.json`` (downloads + jsonl hashes)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.dir = source_dir(source)
+        self.record_path = self.dir / "hashes.json"
+        self.record = read_json(self.record_path)
+
+    def section(self, key: str) -> dict[str, Any]:
+        sec = self.record.get(key)
+        if not isinstance(sec, dict):
+            sec = self.record[key] = {}
+        return sec
+
+    def path(self, category: str) -> Path:
+        return self.dir / (re.sub(r"[^A-Za-z0-9_.-]", "_", category) + ".jsonl")
+
+    def load(self, category: str) -> list[str] | None:
+        """The cached documents of ``category``, or None when missing or not matching the recorded hash."""
+        path = self.path(category)
+        expected = self.section("docs").get(category)
+        if not isinstance(expected, str) or not path.is_file():
+            return None
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != expected:
+            log.warning("%s: %s does not match its recorded hash; extracting it again", self.source, path)
+            return None
+        try:
+            docs = [json.loads(line) for line in data.decode("utf-8").split("\n") if line]  # not splitlines: U+2028
+        except ValueError:
+            return None
+        return [d for d in docs if isinstance(d, str)]
+
+    def save(self, docs: dict[str, list[str]]) -> None:
+        """Write the ``.jsonl`` of every category of ``docs`` (all renamed into place together, see
+        :func:`staged`), then record their hashes."""
+        hashes: dict[str, str] = {}
+        with staged(self.dir) as tmp:
+            for category, texts in docs.items():
+                data = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in texts).encode("utf-8")
+                (tmp / self.path(category).name).write_bytes(data)
+                hashes[category] = hashlib.sha256(data).hexdigest()
+        self.section("docs").update(hashes)
+        self.write()
+
+    def fetch(self, art: Artifact) -> Path:
+        """The file of ``art`` (see :func:`get_artifact`), its hash recorded under ``downloads``."""
+        downloads = self.section("downloads")
+        path, entry = get_artifact(self.source, art, downloads.get(art.name), self.record_path)
+        downloads[art.name] = entry
+        self.write()
+        return path
+
+    def write(self) -> None:
+        atomic_write_json(self.record_path, self.record)
+
+
+def cached_documents(
+    store: Store, categories: list[str], build: Callable[[list[str]], dict[str, list[str]]]
+) -> dict[str, list[str]]:
+    """Cached documents of ``categories``; ``build(missing)`` extracts the others (and may return more
+    categories than asked: all it returns is cached)."""
+    out = {c: store.load(c) for c in categories}
+    missing = [c for c, d in out.items() if d is None]
+    if missing:
+        built = build(missing)
+        new = {c: built.get(c, []) for c in dict.fromkeys([*missing, *built])}
+        store.save(new)
+        out.update((c, d) for c, d in new.items() if c in out)
+    return {c: d or [] for c, d in out.items()}

@@ -23,7 +23,7 @@ from html.parser import HTMLParser
 
 from trustlora.config import DataConfig
 from trustlora.data import fetch
-from trustlora.data.sources import DataSourceError, register
+from trustlora.data.sources import DataSourceError, register, wanted_categories
 
 LIBREOFFICE_LANGUAGES = ("fr", "it", "de")
 LIBREOFFICE_MIN_LINE_WORDS = 6
@@ -80,7 +80,7 @@ def html_to_text(page: str, min_line_words: int = LIBREOFFICE_MIN_LINE_WORDS) ->
 def _libreoffice_build(store: fetch.Store, langs: list[str]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for lang in langs:
-        deb = fetch.apt_deb(store, f"libreoffice-help-{lang}")
+        deb = store.fetch(fetch.Deb(f"libreoffice-help-{lang}"))
         marker = f"/help/{lang}/"
 
         def want(p: str, marker: str = marker) -> bool:
@@ -101,5 +101,5 @@ def _libreoffice_build(store: fetch.Store, langs: list[str]) -> dict[str, list[s
 @register("libreoffice", default_categories=list(LIBREOFFICE_LANGUAGES))
 def _libreoffice_source(cfg: DataConfig) -> dict[str, list[str]]:
     store = fetch.Store("libreoffice")
-    wanted = fetch.wanted_categories(cfg, "libreoffice", LIBREOFFICE_LANGUAGES)
+    wanted = wanted_categories(cfg, "libreoffice", LIBREOFFICE_LANGUAGES)
     return fetch.cached_documents(store, wanted, lambda missing: _libreoffice_build(store, missing))

@@ -29,8 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from trustlora.config import DataConfig
-from trustlora.data import fetch
-from trustlora.data.sources import DataSourceError, register
+from trustlora.data.sources import DataSourceError, register, wanted_categories
 
 HF_MAX_DOCS = 20000
 """At most this many documents per category from a Hugging Face dataset."""
@@ -89,7 +88,7 @@ def _wikipedia(source: str, lang: str, budget: int) -> list[str]:
 
 @register("ag_news", default_categories=list(AG_NEWS_LABELS))
 def _ag_news_source(cfg: DataConfig) -> dict[str, list[str]]:
-    wanted = fetch.wanted_categories(cfg, "ag_news", AG_NEWS_LABELS)
+    wanted = wanted_categories(cfg, "ag_news", AG_NEWS_LABELS)
     budget = _hf_budget(cfg)
     out: dict[str, list[str]] = {c: [] for c in wanted}
     chars = dict.fromkeys(wanted, 0)
@@ -113,8 +112,7 @@ def _ag_news_source(cfg: DataConfig) -> dict[str, list[str]]:
 def _wikipedia_source(cfg: DataConfig) -> dict[str, list[str]]:
     budget = _hf_budget(cfg)
     return {
-        lang: _wikipedia("wikipedia", lang, budget)
-        for lang in fetch.wanted_categories(cfg, "wikipedia", WIKIPEDIA_LANGUAGES)
+        lang: _wikipedia("wikipedia", lang, budget) for lang in wanted_categories(cfg, "wikipedia", WIKIPEDIA_LANGUAGES)
     }
 
 
@@ -122,7 +120,7 @@ def _wikipedia_source(cfg: DataConfig) -> dict[str, list[str]]:
 def _codewiki_hf_source(cfg: DataConfig) -> dict[str, list[str]]:
     budget = _hf_budget(cfg)
     out: dict[str, list[str]] = {}
-    for cat in fetch.wanted_categories(cfg, "codewiki_hf", ("java", "wiki")):
+    for cat in wanted_categories(cfg, "codewiki_hf", ("java", "wiki")):
         if cat == "java":
             rows = _hf_rows("codewiki_hf", "codeparrot/github-code", data_files=GITHUB_CODE_SHARDS)
             out[cat] = _take(rows, "code", budget, keep=lambda r: r.get("language") == "Java")

