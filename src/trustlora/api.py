@@ -57,16 +57,28 @@ class Workspace:
 
 
 def _data_key(cfg: Config) -> tuple:
-    d = cfg.data
+    """Identity of what a :class:`Workspace` holds: two configs of one key may share model, tokenizer, partition,
+    stacked adapters and the base model's eval records. Whole sections are compared (as JSON), never a hand-picked
+    list of their fields, so a new data/adapter/eval option can never reuse a stale partition, model or base eval.
+
+    - ``model``, ``device``: which weights (and tokenizer) are loaded, and where;
+    - the whole ``data`` section: the documents, their split between users and X_S, the number of users;
+    - the whole ``lora`` section: the shape and init of the stacked adapters (rank, alpha, targets, dropout, ...);
+    - ``train.seq_len``, ``train.precision``: the base eval's windows and numbers; bf16 also drops the
+      full-precision frozen weights (``keep_lowp_weights``). The other ``train`` fields (steps, lr, ...) only
+      matter once training starts, after the Workspace is built;
+    - the whole ``eval`` section: the base eval replayed from the first run (batch size, ``during_tokens`` subsample)
+      and whether the model was fingerprinted for the disk cache (``cache_base``), as in ``base_eval.base_eval_key``.
+    """
+    sections = to_dict(cfg)
     return (
         cfg.model,
         cfg.device,
-        json.dumps(to_dict(cfg)["data"], sort_keys=True),
+        json.dumps(sections["data"], sort_keys=True),
+        json.dumps(sections["lora"], sort_keys=True),
         cfg.train.seq_len,
-        json.dumps(to_dict(cfg)["lora"], sort_keys=True),
-        cfg.eval.batch_size,
         cfg.train.precision,
-        d.users,
+        json.dumps(sections["eval"], sort_keys=True),
     )
 
 

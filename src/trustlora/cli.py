@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from trustlora.config import ConfigError, RunError, UserError, dump_yaml, load_config, parse_override
+from trustlora.config import ConfigError, RunError, UserError, dump_yaml, load_config
 
 
 def _quiet_libraries() -> None:
@@ -57,30 +57,25 @@ def cmd_run(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    from trustlora.experiment import drop_overrides, run_grid, seeds_of, study_dir
     from trustlora.trust import default_compare
 
     base_cfg = load_config(args.config, args.overrides)
     strategies = base_cfg.strategies or default_compare()
-    seeds = base_cfg.seeds or [base_cfg.seed]
-    out = Path(base_cfg.out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
-    overrides = [o for o in args.overrides if parse_override(o)[0] != "out"]
+    seeds = seeds_of(base_cfg)
+    out = study_dir(base_cfg, "compare")
     if args.dry_run:
         print(dump_yaml(base_cfg), end="")
         print(f"# strategies: {strategies}\n# seeds: {seeds}\n# out: {out}")
         return 0
     _quiet_libraries()
     from trustlora import report
-    from trustlora.api import Workspace, run_or_reuse
 
-    ws: Workspace | None = None
-    rows = []
     t0 = time.time()
-    for seed in seeds:
-        for strat in strategies:
-            run_dir = out / f"{strat}-seed{seed}"
-            point = overrides + [f"strategy={strat}", f"seed={seed}"]
-            ws = run_or_reuse(args.config, point, run_dir, ws, progress=not args.no_progress)
-            rows.append(report.comparison_row_from_run(run_dir, seed=seed))
+    points = [(strat, [f"strategy={strat}"]) for strat in strategies]
+    overrides = drop_overrides(args.overrides, "out")
+    runs = run_grid(args.config, overrides, points, seeds, out, progress=not args.no_progress)
+    rows = [report.comparison_row_from_run(r.run_dir, seed=r.seed) for r in runs]
     paths = report.write_comparison(
         rows,
         out,

@@ -13,7 +13,6 @@ honest users put on attackers in the final W, and the number of rejected message
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,35 +33,21 @@ def parse_attacks(text: str) -> list[str]:
 
 
 def run_robustness(config: str | None, overrides: list[str], attacks: list[str], progress: bool = True) -> Path:
-    from trustlora.api import Workspace, run_or_reuse
+    from trustlora.experiment import drop_overrides, run_grid, seeds_of, study_dir
 
-    base = load_config(
-        config, [o for o in overrides if parse_override(o)[0] != "attack.kind"] + [f"attack.kind={attacks[0]}"]
-    )
+    base = load_config(config, drop_overrides(overrides, "attack.kind") + [f"attack.kind={attacks[0]}"])
     if not base.attack.users:
         raise ConfigError("attack.users: expected the attacking users, e.g. attack.users=0,4")
-    strategies = base.strategies or DEFAULT_STRATEGIES
-    seeds = base.seeds or [base.seed]
-    out = Path(base.out or Path("runs") / f"robust-{time.strftime('%Y%m%d-%H%M%S')}")
-    rest = [o for o in overrides if parse_override(o)[0] not in ("out", "attack.kind")]
-    for kind in attacks:  # validate every point before spending compute
-        load_config(config, rest + [f"attack.kind={kind}"])
-    clean = [o for o in rest if parse_override(o)[0] != "attack.users"]
-    ws: Workspace | None = None
-    for seed in seeds:
-        for strat in strategies:
-            point = [f"strategy={strat}", f"seed={seed}"]
-            ws = run_or_reuse(config, clean + point, out / "clean" / f"{strat}-seed{seed}", ws, progress=progress)
-            ws = run_or_reuse(
-                config,
-                rest + point + ["attack.kind=absent"],
-                out / "absent" / f"{strat}-seed{seed}",
-                ws,
-                progress=progress,
-            )
-            for kind in attacks:
-                run_dir = out / kind / f"{strat}-seed{seed}"
-                ws = run_or_reuse(config, rest + point + [f"attack.kind={kind}"], run_dir, ws, progress=progress)
+    rest = drop_overrides(overrides, "out", "attack.kind")
+    clean = drop_overrides(rest, "attack.users")  # the attacking users behave honestly
+    attackers = [o for o in rest if parse_override(o)[0] == "attack.users"]
+    points = []
+    for strat in base.strategies or DEFAULT_STRATEGIES:
+        points.append((f"clean/{strat}", [f"strategy={strat}"]))
+        for kind in ("absent", *attacks):  # absent: the attacking users never take part
+            points.append((f"{kind}/{strat}", [*attackers, f"strategy={strat}", f"attack.kind={kind}"]))
+    out = study_dir(base, "robust")
+    run_grid(config, clean, points, seeds_of(base), out, progress=progress)
     write_robustness_table(out)
     return out
 

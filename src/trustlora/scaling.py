@@ -11,12 +11,11 @@ finished run found under OUT, so a scaling study can be assembled over several i
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 
-from trustlora.config import ConfigError, load_config, parse_override
+from trustlora.config import ConfigError, load_config
 from trustlora.rundir import load_summary
 
 DEFAULT_STRATEGIES = ["local", "fedavg", "oracle", "validation", "predictions"]
@@ -33,22 +32,17 @@ def parse_users(text: str) -> list[int]:
 
 
 def run_scaling(config: str | None, overrides: list[str], users: list[int], progress: bool = True) -> Path:
-    from trustlora.api import Workspace, run_or_reuse
+    from trustlora.experiment import check_grid, drop_overrides, run_grid, seeds_of, study_dir
 
     base = load_config(config, overrides)
+    seeds = seeds_of(base)
+    out = study_dir(base, "scale")
+    rest = drop_overrides(overrides, "out", "data.users")
     strategies = base.strategies or DEFAULT_STRATEGIES
-    seeds = base.seeds or [base.seed]
-    out = Path(base.out or Path("runs") / f"scale-{time.strftime('%Y%m%d-%H%M%S')}")
-    rest = [o for o in overrides if parse_override(o)[0] not in ("out", "data.users")]
-    for n in users:  # validate every point before spending compute
-        load_config(config, rest + [f"data.users={n}"])
-    ws: Workspace | None = None
-    for n in users:
-        for seed in seeds:
-            for strat in strategies:
-                run_dir = out / f"N{n}" / f"{strat}-seed{seed}"
-                point = rest + [f"data.users={n}", f"strategy={strat}", f"seed={seed}"]
-                ws = run_or_reuse(config, point, run_dir, ws, progress=progress)
+    grids = {n: [(f"N{n}/{s}", [f"data.users={n}", f"strategy={s}"]) for s in strategies] for n in users}
+    check_grid(config, rest, [p for points in grids.values() for p in points], seeds)  # every N before any compute
+    for n in users:  # N by N (each N its own data: its own Workspace), seed by seed within an N
+        run_grid(config, rest, grids[n], seeds, out, progress=progress)
     write_scaling_table(out)
     return out
 

@@ -15,7 +15,6 @@ import csv
 import io
 import itertools
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -80,28 +79,20 @@ def best_index(rows: list[dict]) -> int | None:
 
 
 def run_sweep(config: str | None, overrides: list[str], grid_items: list[str], progress: bool = True) -> Path:
-    from trustlora.api import Workspace, run_or_reuse
+    from trustlora.experiment import drop_overrides, run_grid, seeds_of, study_dir
 
     grid = parse_grid(grid_items)
     if not grid:
         raise ConfigError("sweep: give at least one --grid key=v1,v2")
     base = load_config(config, overrides)
-    seeds = base.seeds or [base.seed]
-    out = Path(base.out or Path("runs") / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}")
-    rest = [o for o in overrides if parse_override(o)[0] != "out"]
+    seeds = seeds_of(base)
+    out = study_dir(base, "sweep")
     points = [dict(zip(grid, vals, strict=True)) for vals in itertools.product(*grid.values())]
-    for p in points:  # validate every point before spending compute
-        load_config(config, rest + [f"{k}={v}" for k, v in p.items()])
-    ws: Workspace | None = None
-    rows = []
-    for p in points:
-        summaries = []
-        for seed in seeds:
-            run_dir = out / f"{point_name(p)}-seed{seed}"
-            point = rest + [f"{k}={v}" for k, v in p.items()] + [f"seed={seed}"]
-            ws = run_or_reuse(config, point, run_dir, ws, progress=progress, log=lambda *a: None)
-            summaries.append(load_summary(run_dir / "summary.json"))
-        rows.append(point_row(p, summaries))
+    named = [(point_name(p), [f"{k}={v}" for k, v in p.items()]) for p in points]
+    rest = drop_overrides(overrides, "out")
+    runs = run_grid(config, rest, named, seeds, out, seeds_outer=False, progress=progress, log=lambda *a: None)
+    summaries = [load_summary(r.run_dir / "summary.json") for r in runs]  # point by point, every seed of a point
+    rows = [point_row(p, summaries[k * len(seeds) : (k + 1) * len(seeds)]) for k, p in enumerate(points)]
     keys = list(grid)
     best = best_index(rows)
     for k, r in enumerate(rows):
