@@ -26,7 +26,7 @@ from trustlora.config import Config
 from trustlora.guard import aligned_updates, check_messages, restrict_to, sanitize
 from trustlora.model.multilora import MultiLoRA
 from trustlora.reference import base_topk_predictions
-from trustlora.train import LocalTrainer, cross_losses, evaluate, topk_predictions
+from trustlora.train import LocalTrainer, cross_losses, evaluate, evaluate_prefix_and_full, topk_predictions
 from trustlora.trust import TrustInputs, get
 from trustlora.trust.quality import trust_quality
 
@@ -89,49 +89,73 @@ class Rounds:
         self._reference: dict[str, torch.Tensor] = {}
 
     # ---- evaluation ---------------------------------------------------------------------------
-    def evaluate(self, round_: int, step: int, full: bool, base: bool = False) -> dict[str, list[float]]:
-        """Per-user val and test perplexity; subsampled to ``eval.during_tokens`` unless ``full``."""
+    def evaluate(
+        self, round_: int, step: int, full: bool, base: bool = False, with_sub: str = ""
+    ) -> dict[str, list[float]]:
+        """Per-user val and test perplexity; subsampled to ``eval.during_tokens`` unless ``full``.
+
+        ``with_sub`` ('before' / 'after', with ``full``): also record the subsample, computed from the same pass over
+        the windows when it is their prefix (:func:`~trustlora.train.evaluate_prefix_and_full`); its records come
+        before / after the full ones (the order of two separate calls)."""
         ev, tr = self.cfg.eval, self.cfg.train
         max_tokens = 0 if full else ev.during_tokens
-        out = {}
+        out, subs, fulls = {}, [], []
         for split in ("val", "test"):
             self.progress(f"eval {split}{' (base model)' if base else ''}")
             streams = getattr(self.data, split)
             t0, pos0 = time.perf_counter(), self.mm.positions
-            loss, ppl = evaluate(
-                self.mm,
-                streams,
-                tr.seq_len,
-                ev.batch_size,
-                tr.precision,
-                max_tokens,
-                base=base,
-                user_chunk=tr.user_chunk,
-            )
-            rec = {
-                "seconds": time.perf_counter() - t0,
-                "positions": self.mm.positions - pos0,
-                "kind": "eval",
-                "round": round_,
-                "step": step,
-                "split": split,
-                "full": full,
-                "users": self.users,
-                "loss": loss,
-                "ppl": ppl,
-            }
-            if base:
-                rec["model"] = "base"
-            self.record(rec)
+            args = (self.mm, streams, tr.seq_len, ev.batch_size, tr.precision)
+            both = None
+            if with_sub and full:
+                both = evaluate_prefix_and_full(*args, ev.during_tokens, base=base, user_chunk=tr.user_chunk)
+            if both is None:
+                loss, ppl = evaluate(*args, max_tokens, base=base, user_chunk=tr.user_chunk)
+                fulls.append(self._eval_record(round_, step, split, full, base, loss, ppl, t0, pos0))
+            else:
+                (sl, sp), (loss, ppl) = both
+                rec = self._eval_record(round_, step, split, True, base, loss, ppl, t0, pos0)
+                share = min(1.0, ev.during_tokens / max(1, max(len(x) for x in streams)))
+                sub = dict(rec, full=False, loss=sl, ppl=sp, seconds=rec["seconds"] * share)
+                sub["positions"] = int(round(rec["positions"] * share))
+                rec["seconds"] -= sub["seconds"]
+                rec["positions"] -= sub["positions"]
+                fulls.append(rec)
+                subs.append(sub)
             out[split] = ppl
+        if with_sub and full and len(subs) < 2:  # the subsample is not a prefix: its own pass
+            if with_sub == "before":
+                self.evaluate(round_, step, full=False, base=base)
+                subs = []
+            else:
+                for rec in fulls:
+                    self.record(rec)
+                self.evaluate(round_, step, full=False, base=base)
+                return out
+        order = subs + fulls if with_sub == "before" else fulls + subs
+        for rec in order:
+            self.record(rec)
         return out
+
+    def _eval_record(self, round_, step, split, full, base, loss, ppl, t0, pos0) -> dict:
+        rec = {
+            "seconds": time.perf_counter() - t0,
+            "positions": self.mm.positions - pos0,
+            "kind": "eval",
+            "round": round_,
+            "step": step,
+            "split": split,
+            "full": full,
+            "users": self.users,
+            "loss": loss,
+            "ppl": ppl,
+        }
+        if base:
+            rec["model"] = "base"
+        return rec
 
     def evaluate_base(self) -> dict[str, list[float]]:
         """Base model on the full splits, then (for the subsampled per-round curves) on the subsample."""
-        out = self.evaluate(0, 0, full=True, base=True)
-        if self.cfg.eval.during_tokens:
-            self.evaluate(0, 0, full=False, base=True)
-        return out
+        return self.evaluate(0, 0, full=True, base=True, with_sub="after" if self.cfg.eval.during_tokens else "")
 
     # ---- messages and trust -------------------------------------------------------------------
     def _val_cross(self, thetas: torch.Tensor, before: torch.Tensor | None = None) -> torch.Tensor:
@@ -444,7 +468,6 @@ class Rounds:
             }
         )
         last = r == len(self.schedule)
-        if last and self.cfg.eval.during_tokens:  # the per-round (subsampled) curves get a last point too
-            self.evaluate(r, step, full=False)
-        self.evaluate(r, step, full=last)
+        # the per-round (subsampled) curves get a last point too, from the final full pass
+        self.evaluate(r, step, full=last, with_sub="before" if last and self.cfg.eval.during_tokens else "")
         return step

@@ -249,6 +249,38 @@ def evaluate(
     return loss, [ppl_from_loss(x) for x in loss]
 
 
+def evaluate_prefix_and_full(
+    mm: MultiLoRA,
+    streams: list[torch.Tensor],
+    seq_len: int,
+    batch_size: int,
+    precision: str,
+    prefix_tokens: int,
+    base: bool = False,
+    user_chunk: int | str = "auto",
+) -> tuple[tuple[list[float], list[float]], tuple[list[float], list[float]]] | None:
+    """``(evaluate(..., prefix_tokens), evaluate(..., 0))`` from one pass over the windows: the subsample's windows
+    are the first windows of the full split when ``prefix_tokens`` is a whole number of windows (else None: the
+    caller runs both). Returns ((loss, ppl) of the prefix, (loss, ppl) of the full split), per user."""
+    if prefix_tokens % seq_len and any(len(s) > prefix_tokens for s in streams):
+        return None
+    full = [windows(s, seq_len) for s in streams]
+    k = [math.ceil(min(len(s), prefix_tokens) / seq_len) for s in streams]
+    pre = [(w[:kk], m[:kk]) for (w, m), kk in zip(full, k, strict=True)]
+    rest = [(w[kk:], m[kk:]) for (w, m), kk in zip(full, k, strict=True)]
+    mm.adapters_enabled(not base)
+    try:
+        t1, c1 = _stacked_eval(mm, pre, batch_size, precision, user_chunk=user_chunk)
+        t2, c2 = _stacked_eval(mm, rest, batch_size, precision, user_chunk=user_chunk)
+    finally:
+        mm.adapters_enabled(True)
+    out = []
+    for total, count in ((t1, c1), (t1 + t2, c1 + c2)):
+        loss = (total / count.clamp_min(1).double()).tolist()
+        out.append((loss, [ppl_from_loss(x) for x in loss]))
+    return out[0], out[1]
+
+
 def cross_losses(
     mm: MultiLoRA,
     stream: torch.Tensor,
