@@ -311,3 +311,87 @@ def test_update_check_align_runs_and_records_dropped_updates(tiny_overrides, tmp
         for recv, send in r["harmful"]:
             assert r["W"][recv][send] == 0.0
     assert (0, 2) in dropped or (1, 2) in dropped  # the flipped update is caught somewhere
+
+
+def _relay(outbox, users):
+    """A relay server: every user sends its own message (one row of each kind); the server, having collected all of
+    them (in whatever order they arrived), stacks them along the user axis in user order."""
+    inbox = {u: {kind: t[a].clone() for kind, t in outbox.messages.items()} for a, u in enumerate(users)}
+    arrival = list(reversed(users))
+    kinds = sorted({kind for msg in inbox.values() for kind in msg}, reverse=True)  # not the gather order
+    return {kind: torch.cat([inbox[u][kind].unsqueeze(0) for u in sorted(arrival)]) for kind in kinds}
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["strategy=predictions", "attack.users=[2]", "attack.kind=fake_topk", "faults.update_check=align"],
+        ["strategy=weights", "attack.users=[1]", "attack.kind=nan"],  # theta0 in round 1; a rejected sender
+        ["strategy=validation", "trust.val_candidate=update", "faults.dropout_prob=0.5"],
+        ["strategy=median", "trust.mode=weight"],
+    ],
+)
+def test_publish_relay_consume_equals_exchange(tiny_overrides, extra):
+    """publish -> a relay that is not a collective -> consume gives exactly what exchange (all-gathers) gives."""
+    from trustlora.guard import MESSAGES
+    from trustlora.trust import published_kinds
+
+    cfg = load_config(None, tiny_overrides + extra)
+    direct, relayed = _rounds(cfg), _rounds(cfg)
+    published, rejected = [], []
+    for r in (1, 2):
+        got = []
+        for proto in (direct, relayed):
+            before = proto.mm.get_flat()
+            for _ in range(2):
+                proto.trainer.step()
+            after = proto.mm.get_flat()
+            proto.comm.reset_bytes()
+            if proto is direct:
+                w, scores, faults = proto.exchange(before, after, r)
+                sent = proto.comm.sent_bytes()
+            else:
+                out = proto.publish(before, after, r)
+                kinds = published_kinds(proto.strategy, cfg.trust)
+                assert [k for k in out.messages if k != "theta0"] == [k for k in MESSAGES if k in kinds]
+                assert all(t.shape[0] == len(proto.users) for t in out.messages.values())
+                w, scores, faults = proto.consume(_relay(out, proto.users), out, before, after, r)
+                published.append(list(out.messages))
+                rejected += faults["rejected"]
+                assert proto.comm.sent_bytes() == {}  # nothing went through the communicator
+            got.append((w, scores, faults, proto.mm.get_flat()))
+        (w1, s1, f1, a1), (w2, s2, f2, a2) = got
+        assert list(sent) == list(out.messages)  # exchange gathered exactly the published kinds, in table order
+        torch.testing.assert_close(w2, w1, rtol=0, atol=0)
+        assert (s1 is None) == (s2 is None)
+        if s1 is not None:
+            torch.testing.assert_close(s2, s1, rtol=0, atol=0, equal_nan=True)
+        assert f2 == f1
+        torch.testing.assert_close(a2, a1, rtol=0, atol=0, equal_nan=True)
+    assert ("theta0" in published[0]) == (cfg.strategy == "weights") and "theta0" not in published[1]  # sent once
+    assert bool(rejected) == (cfg.attack.kind == "nan")
+
+
+def test_published_kinds_follow_the_strategy(tiny_overrides):
+    """What is published is declared by the strategy (default: from its needs); an undeclared kind fails loudly."""
+    from trustlora.config import TrustConfig
+    from trustlora.trust import default_publishes, get, published_kinds
+
+    class Plugin:  # no publishes(): the default, from needs
+        name, needs, exchanges = "plugin", ("topk",), True
+
+    assert published_kinds(Plugin(), TrustConfig()) == ("delta", "topk_values", "topk_indices")
+    assert published_kinds(Plugin(), TrustConfig(mode="weight", apply=False)) == ("topk_values", "topk_indices")
+    assert published_kinds(get("local"), TrustConfig()) == ()
+    assert get("weights").publishes(TrustConfig()) == default_publishes(get("weights"), TrustConfig())
+
+    class Odd(Plugin):
+        def publishes(self, cfg):
+            return ("gradients",)
+
+    cfg = load_config(None, tiny_overrides + ["strategy=fedavg"])
+    proto = _rounds(cfg)
+    proto.strategy = Odd()
+    before = proto.mm.get_flat()
+    with pytest.raises(ValueError, match="unknown message kinds"):
+        proto.publish(before, before.clone(), 1)

@@ -1,22 +1,64 @@
 """Receiving-side checks of peers' messages, before any use (pure tensor functions).
 
+    shapes = expected_messages(msgs, MessageSizes(params=P, positions=M, topk=k))   # from the MESSAGES table
     verdict = check_messages(msgs, rows=[0, 1, 2], n_users=N, expected=shapes, own_delta=delta[rows],
                              max_norm_ratio=5.0, vocab=49152, probs=True)
     msgs = sanitize(msgs, verdict.bad_senders)      # rejected senders' tensors replaced by zeros
     W = restrict_to(W, verdict.accept, rows)        # rejected peers weigh 0, rows renormalised
 
-A message kind is a tensor ``[N, ...]`` (one slice per sender). A sender's slice is rejected for everyone when it
-has the wrong dtype or shape, a non-finite entry, top-k ids outside the vocabulary or top-k probabilities outside
-[0, 1]; its update ``delta`` is rejected by receiver i alone when its norm exceeds ``max_norm_ratio`` x the norm of
-i's own update (0 = no bound). Every rejection is an event ``{"sender", "kind", "reason", "receivers"}``. Self is
-always accepted (a user's own message never crosses the network), so no row is ever empty.
+A message kind is a tensor ``[N, ...]`` (one slice per sender); :data:`MESSAGES`, the one table of message kinds
+(what a strategy may publish, in the order they are gathered and checked), says what each slice must be. A sender's
+slice is rejected for everyone when it has the wrong dtype or shape, a non-finite entry, top-k ids outside the
+vocabulary or top-k probabilities outside [0, 1]; its update ``delta`` is rejected by receiver i alone when its norm
+exceeds ``max_norm_ratio`` x the norm of i's own update (0 = no bound). Every rejection is an event ``{"sender",
+"kind", "reason", "receivers"}``. Self is always accepted (a user's own message never crosses the network), so no row
+is ever empty.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
+
+
+@dataclass(frozen=True)
+class MessageSizes:
+    """What a message slice's shape and dtype follow from."""
+
+    params: int
+    """P: adapter parameters per user."""
+    positions: int = 0
+    """M: real token positions of the windows of the public set X_S."""
+    topk: int = 0
+    """k: top-k predictions per position (``trust.topk``)."""
+    dtype: torch.dtype = torch.float32
+    """The flat adapters' dtype (``get_flat``)."""
+
+
+MESSAGES: dict[str, Callable[[MessageSizes], tuple[tuple[int, ...], torch.dtype]]] = {
+    "theta0": lambda s: ((s.params,), s.dtype),
+    "theta": lambda s: ((s.params,), s.dtype),
+    "delta": lambda s: ((s.params,), s.dtype),
+    "topk_values": lambda s: ((s.positions, s.topk), torch.float32),
+    "topk_indices": lambda s: ((s.positions, s.topk), torch.int32),
+}
+"""Message kind -> (shape, dtype) of one sender's slice. ``theta0``: the adapters before any training (the starting
+point of relative trust calibration; sent once, not checked); ``theta``: the adapters after the round's local steps;
+``delta``: the round's update (theta - the adapters before the round); ``topk_values`` / ``topk_indices``: top-k
+next-token predictions on X_S (probabilities or logits, float32) and their token ids (int32). The order of this
+table is the order in which kinds are gathered (the same on every process) and checked."""
+
+
+def expected_messages(kinds: Iterable[str], sizes: MessageSizes) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """(shape, dtype) of one slice of each of ``kinds``, from :data:`MESSAGES`; an unknown kind fails loudly."""
+    out = {}
+    for kind in kinds:
+        if kind not in MESSAGES:
+            raise ValueError(f"unknown message kind '{kind}'; expected one of: {', '.join(MESSAGES)}")
+        out[kind] = MESSAGES[kind](sizes)
+    return out
 
 
 @dataclass

@@ -8,6 +8,21 @@ runtime run the very same code::
     proto.evaluate_base()
     for r in range(1, len(proto.schedule) + 1):
         proto.run_round(r)
+
+One round (:meth:`Rounds.run_round`): the local steps, then :meth:`Rounds.exchange`, which is three steps so that a
+transport that is not a collective (a relay server, a message queue) can drive the same code::
+
+    out = proto.publish(before, after, r)      # local only: Outbox(messages={kind: [n_local, ...]}, own_delta)
+    gathered = proto.gather(out)               # the only network step: one comm.all_gather per kind -> [N, ...]
+    w, scores, faults = proto.consume(gathered, out, before, after, r)   # checks, trust, update check, aggregation
+
+``publish`` builds the kinds the strategy declares (``strategy.publishes(cfg)``, read through
+:func:`~trustlora.trust.published_kinds`) for the users hosted here, simulated attackers' lies included
+(:mod:`trustlora.attacks`), plus the starting point 'theta0' once where the relative calibration needs it.
+``gather`` sends them in the order of :data:`trustlora.guard.MESSAGES`, the one table of message kinds and of each
+slice's shape and dtype. ``consume`` takes every user's messages (each kind stacked on the user axis, in user order,
+however they travelled), checks them (:func:`trustlora.guard.check_messages`), computes this process's trust rows
+(``strategy.trust``), applies ``faults.update_check`` and sets the aggregated adapters. Then the round's evaluation.
 """
 
 from __future__ import annotations
@@ -23,11 +38,26 @@ from trustlora.aggregate import mix_updates, mix_weights, neighbour_mask
 from trustlora.attacks import UPDATE_KINDS, fake_topk, poison_updates, round_rng
 from trustlora.comm import Communicator
 from trustlora.config import Config
-from trustlora.guard import aligned_updates, check_messages, restrict_to, sanitize
+from trustlora.guard import (
+    MESSAGES,
+    MessageSizes,
+    aligned_updates,
+    check_messages,
+    expected_messages,
+    restrict_to,
+    sanitize,
+)
 from trustlora.model.multilora import MultiLoRA
 from trustlora.reference import base_topk_predictions
-from trustlora.train import LocalTrainer, cross_losses, evaluate, evaluate_prefix_and_full, topk_predictions
-from trustlora.trust import TrustInputs, get
+from trustlora.train import (
+    LocalTrainer,
+    cross_losses,
+    evaluate,
+    evaluate_prefix_and_full,
+    topk_predictions,
+    windows,
+)
+from trustlora.trust import TrustInputs, get, needs_of, published_kinds
 from trustlora.trust.quality import trust_quality
 
 UPDATE_CHECK_UNCHECKED = 0.05
@@ -53,6 +83,19 @@ class LocalData:
     val: list[torch.Tensor]
     test: list[torch.Tensor]
     reference: torch.Tensor
+
+
+@dataclass
+class Outbox:
+    """One round's messages from the users hosted here (:meth:`Rounds.publish`), and the local state that
+    :meth:`Rounds.consume` needs besides what arrives."""
+
+    messages: dict[str, torch.Tensor]
+    """Message kind -> ``[n_local, ...]`` (one row per hosted user, in ``comm.local_users`` order), in
+    :data:`~trustlora.guard.MESSAGES` order: what a transport sends; attackers' rows are their lies."""
+    own_delta: torch.Tensor
+    """``[n_local, P]``: the hosted users' honest updates (after - before), the receiving-side norm bound's and
+    ``faults.update_check=align``'s reference."""
 
 
 class Rounds:
@@ -87,6 +130,7 @@ class Rounds:
         self.needs_reference = getattr(self.strategy, "needs_reference", lambda c: False)(cfg.trust)
         self.theta0_local = mm.get_flat().detach().clone() if self.needs_reference else None
         self._reference: dict[str, torch.Tensor] = {}
+        self._positions: int | None = None  # real token positions of X_S's windows (top-k message shapes)
 
     # ---- evaluation ---------------------------------------------------------------------------
     def evaluate(
@@ -252,13 +296,13 @@ class Rounds:
     def _starting_point(self, inp: TrustInputs) -> None:
         """Fill the reference the relative calibration measures movement from; computed once, then cached.
 
-        theta0 of every user (one all-gather, in the first round after a (re)start; counted as kind 'theta0'), the
-        frozen base model's CE on each local user's trust val tokens, its top-k predictions on X_S.
+        theta0 of every user (message 'theta0', published in the first round after a (re)start and cached by
+        :meth:`consume` before this is called), the frozen base model's CE on each local user's trust val tokens, its
+        top-k predictions on X_S.
         """
         tr, tc = self.cfg.train, self.cfg.trust
-        ref, wanted = self._reference, getattr(self.strategy, "reference", ())
-        if "theta0" in wanted and "theta0" not in ref:
-            ref["theta0"] = self.comm.all_gather(self.theta0_local, "theta0").cpu()
+        ref = self._reference
+        wanted = getattr(self.strategy, "reference", ())
         if "val_base" in wanted and "val_base" not in ref:
             loss, _ = evaluate(
                 self.mm, self.data.val, tr.seq_len, self.cfg.eval.batch_size, tr.precision, tc.val_tokens, base=True
@@ -284,22 +328,15 @@ class Rounds:
             present[list(self.cfg.attack.users)] = False
         return present
 
-    def exchange(
-        self, before: torch.Tensor, after: torch.Tensor, r: int = 0
-    ) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
-        """Publish messages, check what arrives, compute this process's trust rows, aggregate.
-
-        Returns (W rows, scores, faults: {"rejected": [events], "absent": [users]}). Every message is checked at the
-        receiving side before any use (:mod:`trustlora.guard`): a rejected or absent sender weighs 0 in the rows
-        (renormalised) and its tensors are replaced by zeros; an absent user keeps its locally trained adapter.
-        """
-        strat, tc, n = self.strategy, self.cfg.trust, self.comm.n_users
-        needs = strat.needs_for(tc) if hasattr(strat, "needs_for") else strat.needs
-        inp = TrustInputs(users=self.users, n_users=n, mixture=self.mixture)
-        present = self.present(r)
-        if self.needs_reference:
-            self._starting_point(inp)
-        applying = tc.apply and strat.exchanges
+    def publish(self, before: torch.Tensor, after: torch.Tensor, r: int = 0) -> Outbox:
+        """This process's messages of round r (local only: nothing is sent): the kinds the strategy publishes
+        (:func:`~trustlora.trust.published_kinds`), one row per hosted user, simulated attackers' lies included; plus
+        'theta0' once, when the relative calibration has not got the starting point yet."""
+        tc = self.cfg.trust
+        kinds = published_kinds(self.strategy, tc)
+        unknown = [k for k in kinds if k not in MESSAGES]
+        if unknown:
+            raise ValueError(f"strategy '{self.strategy.name}' publishes unknown message kinds {unknown}")
         atk = self.cfg.attack
         lying = bool(self.attack_slots) and atk.kind in UPDATE_KINDS
         g = round_rng(self.cfg.seed, r) if self.attack_slots else None
@@ -308,12 +345,15 @@ class Rounds:
         if lying:
             pub_delta = poison_updates(atk.kind, pub_delta, self.attack_slots, self.honest_slots, g)
         pub_after = before + pub_delta if lying else after
-        msgs: dict[str, torch.Tensor] = {}
-        if "theta" in needs or (tc.mode == "weight" and applying):
-            msgs["theta"] = self.comm.all_gather(pub_after, "theta").cpu()
-        if (applying and tc.mode == "update") or "delta" in needs:
-            msgs["delta"] = self.comm.all_gather(pub_delta, "delta")
-        if "topk" in needs:
+        local: dict[str, torch.Tensor] = {}
+        if self.needs_reference and "theta0" in getattr(self.strategy, "reference", ()):
+            if "theta0" not in self._reference:
+                local["theta0"] = self.theta0_local
+        if "theta" in kinds:
+            local["theta"] = pub_after
+        if "delta" in kinds:
+            local["delta"] = pub_delta
+        if "topk_values" in kinds or "topk_indices" in kinds:
             self.progress("trust: predictions on X_S")
             if lying:
                 self.mm.set_flat(pub_after)  # attackers' predictions come from the model they claim
@@ -322,18 +362,50 @@ class Rounds:
                 self.mm.set_flat(after)
             if atk.kind == "fake_topk" and self.attack_slots:
                 v, i = fake_topk(v, i, self.attack_slots, self.vocab, tc.logit_space == "probs", g)
-            msgs["topk_values"] = self.comm.all_gather(v, "topk_values")
-            msgs["topk_indices"] = self.comm.all_gather(i, "topk_indices")
-        p = after.shape[1]
-        expected = {"theta": ((p,), after.dtype), "delta": ((p,), after.dtype)}
-        if "topk_values" in msgs:
-            expected["topk_values"] = (tuple(v.shape[1:]), v.dtype)
-            expected["topk_indices"] = (tuple(i.shape[1:]), i.dtype)
+            for kind, t in (("topk_values", v), ("topk_indices", i)):
+                if kind in kinds:
+                    local[kind] = t
+        return Outbox(messages={k: local[k] for k in MESSAGES if k in local}, own_delta=own_delta)
+
+    def gather(self, outbox: Outbox) -> dict[str, torch.Tensor]:
+        """Every user's messages: one all-gather per kind, in :data:`~trustlora.guard.MESSAGES` order (the same on
+        every process); kind -> ``[N, ...]``. The only call that crosses the network (bytes counted per kind by the
+        communicator)."""
+        return {k: self.comm.all_gather(outbox.messages[k], k) for k in MESSAGES if k in outbox.messages}
+
+    def consume(
+        self, gathered: dict[str, torch.Tensor], outbox: Outbox, before: torch.Tensor, after: torch.Tensor, r: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+        """Check what arrived (``gathered``: kind -> ``[N, ...]``, every kind of ``outbox``), compute this process's
+        trust rows, apply ``faults.update_check``, aggregate (the new adapters are set on the model).
+
+        Returns (W rows, scores, faults: {"rejected": [events], "absent": [users], "harmful": [[receiver, sender]]}).
+        Every message is checked at the receiving side before any use (:mod:`trustlora.guard`): a rejected or absent
+        sender weighs 0 in the rows (renormalised) and its tensors are replaced by zeros; an absent user keeps its
+        locally trained adapter.
+        """
+        strat, tc, n = self.strategy, self.cfg.trust, self.comm.n_users
+        if set(gathered) != set(outbox.messages):
+            raise ValueError(
+                f"gathered message kinds {sorted(gathered)} differ from those published {sorted(outbox.messages)}"
+            )
+        msgs = {k: gathered[k] for k in MESSAGES if k in gathered}  # the table's order: the order of the checks
+        if "theta0" in msgs:  # the starting point: cached for the whole run, not a message of this round
+            self._reference["theta0"] = msgs.pop("theta0").cpu()
+        if "theta" in msgs:
+            msgs["theta"] = msgs["theta"].cpu()
+        needs = needs_of(strat, tc)
+        inp = TrustInputs(users=self.users, n_users=n, mixture=self.mixture)
+        present = self.present(r)
+        if self.needs_reference:
+            self._starting_point(inp)
+        applying = tc.apply and strat.exchanges
+        own_delta = outbox.own_delta
         verdict = check_messages(
             msgs,
             self.users,
             n,
-            expected,
+            expected_messages(msgs, self._shapes_of(after)),
             own_delta=own_delta.cpu(),
             max_norm_ratio=self.cfg.faults.max_norm_ratio,
             vocab=self.vocab,
@@ -412,6 +484,22 @@ class Rounds:
             new[alone] = after[alone].to(new.dtype)
         self.mm.set_flat(new.to(after.dtype))
         return w, scores, faults
+
+    def exchange(
+        self, before: torch.Tensor, after: torch.Tensor, r: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+        """One round's messages, trust and aggregation through this process's communicator:
+        :meth:`publish`, :meth:`gather`, :meth:`consume`. Returns (W rows, scores, faults)."""
+        out = self.publish(before, after, r)
+        return self.consume(self.gather(out), out, before, after, r)
+
+    def _shapes_of(self, after: torch.Tensor) -> MessageSizes:
+        """What the expected shapes of messages follow from (:data:`~trustlora.guard.MESSAGES`)."""
+        if self._positions is None:  # real token positions of X_S's windows (those top-k predictions cover)
+            self._positions = int(windows(self.data.reference, self.cfg.train.seq_len)[1].sum())
+        return MessageSizes(
+            params=after.shape[1], positions=self._positions, topk=self.cfg.trust.topk, dtype=after.dtype
+        )
 
     def message_sizes(self, after: torch.Tensor) -> dict[str, int]:
         """Bytes one user would send per round for each message kind (paper Table 5), whatever the strategy."""

@@ -1,10 +1,12 @@
 """Trust strategies: registry name -> strategy; each strategy lives in its own module.
 
-A strategy says which messages it needs (``needs``) and turns a :class:`TrustInputs` into the
-trust rows of the users this process hosts::
+A strategy says which messages it needs (``needs``), which message kinds every user publishes each round
+(``publishes(cfg)``, by default derived from ``needs`` by :func:`default_publishes`) and turns a
+:class:`TrustInputs` into the trust rows of the users this process hosts::
 
-    from trustlora.trust import get
+    from trustlora.trust import get, published_kinds
     strat = get("predictions")
+    published_kinds(strat, cfg.trust)                 # ('delta', 'topk_values', 'topk_indices')
     W_rows, scores = strat.trust(inputs, cfg.trust)   # W_rows: [n_local, N], row-stochastic
 
 Registering a name twice, or asking for an unknown one, fails loudly and lists the valid names.
@@ -54,6 +56,9 @@ class TrustInputs:
 
 
 class Strategy(Protocol):
+    """What a strategy offers. Built-in strategies subclass it for the defaults of ``needs_for`` and ``publishes``; a
+    plugin need not (the protocol reads it through :func:`needs_of` and :func:`published_kinds`)."""
+
     name: str
     needs: tuple[str, ...]
     """Message kinds this strategy consumes: 'theta', 'val_cross', 'topk', 'delta' (updates, in ``extra``).
@@ -64,12 +69,51 @@ class Strategy(Protocol):
     exchanges: bool
     """Whether users exchange updates at all (False only for local training)."""
 
+    def needs_for(self, cfg: TrustConfig) -> tuple[str, ...]:
+        """Message kinds consumed under ``cfg`` (default: ``needs``)."""
+        return tuple(self.needs)
+
+    def publishes(self, cfg: TrustConfig) -> tuple[str, ...]:
+        """Message kinds (:data:`trustlora.guard.MESSAGES`) every user publishes each round under ``cfg``; the
+        protocol sends exactly these (default: :func:`default_publishes`)."""
+        return default_publishes(self, cfg)
+
     def trust(self, inp: TrustInputs, cfg: TrustConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return (W rows [n_local, N] float64, raw scores [n_local, N] or None).
 
         A strategy whose step is not a weighted average (coordinate-wise median, trimmed mean) also defines
         ``aggregate(before [n, P], deltas [N, P], accept [n, N] bool, cfg) -> [n, P]``, used instead of W."""
         ...
+
+
+def needs_of(strategy, cfg: TrustConfig) -> tuple[str, ...]:
+    """What ``strategy`` consumes under ``cfg``: its ``needs_for(cfg)`` where it has one, else its ``needs``."""
+    needs_for = getattr(strategy, "needs_for", None)
+    return tuple(needs_for(cfg)) if needs_for is not None else tuple(strategy.needs)
+
+
+def default_publishes(strategy, cfg: TrustConfig) -> tuple[str, ...]:
+    """Message kinds every user publishes each round, from what ``strategy`` consumes (:func:`needs_of`) and what
+    aggregation mixes in: 'theta' (peers' models, and the aggregate in weight mode), 'delta' (peers' updates, and the
+    aggregate in update mode), 'topk' -> 'topk_values' + 'topk_indices' ('val_cross' is computed by the receiver from
+    'theta' or 'delta'). Nothing is aggregated unless ``trust.apply`` and the strategy ``exchanges``."""
+    needs = needs_of(strategy, cfg)
+    applying = cfg.apply and strategy.exchanges
+    kinds = []
+    if "theta" in needs or (cfg.mode == "weight" and applying):
+        kinds.append("theta")
+    if (applying and cfg.mode == "update") or "delta" in needs:
+        kinds.append("delta")
+    if "topk" in needs:
+        kinds += ["topk_values", "topk_indices"]
+    return tuple(kinds)
+
+
+def published_kinds(strategy, cfg: TrustConfig) -> tuple[str, ...]:
+    """What ``strategy`` publishes under ``cfg``: its ``publishes(cfg)``, or :func:`default_publishes` for a
+    strategy without one (a plugin that does not subclass :class:`Strategy`)."""
+    publishes = getattr(strategy, "publishes", None)
+    return tuple(publishes(cfg)) if publishes is not None else default_publishes(strategy, cfg)
 
 
 _REGISTRY: dict[str, Strategy] = {}

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from trustlora.trust import Strategy
 
-class FedAvg:
+
+class FedAvg(Strategy):
     name = "fedavg"
     needs: tuple[str, ...] = ()
     exchanges = True

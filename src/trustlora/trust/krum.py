@@ -8,13 +8,14 @@ from __future__ import annotations
 import torch
 
 from trustlora.aggregate import krum_select
+from trustlora.trust import Strategy
 
 
 def byzantine(cfg, n: int) -> int:
     return max(0, (n - 3) // 2) if cfg.byzantine == "auto" else int(cfg.byzantine)
 
 
-class Krum:
+class Krum(Strategy):
     name = "krum"
     needs: tuple[str, ...] = ("delta",)
     exchanges = True

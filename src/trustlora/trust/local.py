@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from trustlora.trust import Strategy
 
-class Local:
+
+class Local(Strategy):
     name = "local"
     needs: tuple[str, ...] = ()
     exchanges = False

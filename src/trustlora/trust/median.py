@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from trustlora.aggregate import coordinate_median
+from trustlora.trust import Strategy
 
 
 def uniform_rows(accept: torch.Tensor | None, n_rows: int, n_users: int) -> torch.Tensor:
@@ -16,7 +17,7 @@ def uniform_rows(accept: torch.Tensor | None, n_rows: int, n_users: int) -> torc
     return a.double() / a.double().sum(1, keepdim=True)
 
 
-class Median:
+class Median(Strategy):
     name = "median"
     needs: tuple[str, ...] = ()
     exchanges = True

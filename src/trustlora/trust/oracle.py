@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from trustlora.trust import Strategy
+
 
 def oracle_matrix(mixture: np.ndarray) -> np.ndarray:
     """Row-normalised D D^T: user i trusts j in proportion to the overlap of their data mixtures."""
@@ -13,7 +15,7 @@ def oracle_matrix(mixture: np.ndarray) -> np.ndarray:
     return s / s.sum(axis=1, keepdims=True)
 
 
-class Oracle:
+class Oracle(Strategy):
     name = "oracle"
     needs: tuple[str, ...] = ()
     exchanges = True

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from trustlora.trust import Strategy
 from trustlora.trust.normalise import normalise, normalise_relative, resolved_scale
 
 
@@ -42,7 +43,7 @@ def prediction_scores(values: torch.Tensor, indices: torch.Tensor, rows: list[in
     return out
 
 
-class Predictions:
+class Predictions(Strategy):
     name = "predictions"
     needs: tuple[str, ...] = ("topk",)
     exchanges = True

@@ -7,10 +7,11 @@ from __future__ import annotations
 import torch
 
 from trustlora.aggregate import trimmed_mean
+from trustlora.trust import Strategy
 from trustlora.trust.median import uniform_rows
 
 
-class TrimmedMean:
+class TrimmedMean(Strategy):
     name = "trimmed_mean"
     needs: tuple[str, ...] = ()
     exchanges = True

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from trustlora.trust import Strategy
 from trustlora.trust.normalise import normalise, normalise_relative, resolved_scale
 
 
@@ -55,7 +56,7 @@ def candidate(cfg) -> str:
     return "update" if cfg.mode == "update" and cfg.apply else "model"
 
 
-class Validation:
+class Validation(Strategy):
     name = "validation"
     needs: tuple[str, ...] = ("theta", "val_cross")
     exchanges = True

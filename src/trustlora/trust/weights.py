@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from trustlora.trust import Strategy
 from trustlora.trust.normalise import normalise, normalise_relative, resolved_scale
 
 
@@ -27,7 +28,7 @@ def movement_distances(theta: torch.Tensor, theta0: torch.Tensor, rows: list[int
     return torch.cdist(m[rows], m), m[rows].norm(dim=1)
 
 
-class Weights:
+class Weights(Strategy):
     name = "weights"
     needs: tuple[str, ...] = ("theta",)
     exchanges = True
