@@ -288,10 +288,13 @@ def test_aligned_updates_drop_flipped_random_and_empty_updates():
     g = torch.Generator().manual_seed(0)
     base = torch.randn(1000, generator=g, dtype=torch.float64)
     honest = [base + 0.5 * torch.randn(1000, generator=g, dtype=torch.float64) for _ in range(3)]
-    deltas = torch.stack([honest[0], honest[1], -honest[2], torch.zeros(1000, dtype=torch.float64), honest[2]])
+    noise = torch.randn(1000, generator=g, dtype=torch.float64)
+    noise -= (noise @ honest[0]) / (honest[0] @ honest[0]) * honest[0]  # exactly orthogonal to user 0's update
+    noise += 1e-3 * honest[0]  # ... but for a sliver: cosine far below 4 / sqrt(P)
+    deltas = torch.stack([honest[0], honest[1], -honest[2], torch.zeros(1000, dtype=torch.float64), honest[2], noise])
     own = torch.stack([honest[0], torch.zeros(1000, dtype=torch.float64)])  # user 0, and user 1 with no update
     keep = aligned_updates(deltas, own, rows=[0, 1])
-    assert keep[0].tolist() == [True, True, False, False, True]  # flipped and empty updates dropped
+    assert keep[0].tolist() == [True, True, False, False, True, False]  # flipped, empty and random updates dropped
     assert keep[1].all()  # nothing to compare with: everyone kept
 
 

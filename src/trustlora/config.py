@@ -334,8 +334,9 @@ class FaultsConfig:
     aggregates, keeps training locally and rejoins; present users aggregate over the peers present."""
     update_check: str = "off"
     """Update mode, trust strategies (weights, validation, predictions): a second look at each peer's update before
-    mixing it. 'align': drop peer j's update when it points away from the receiver's own (cosine(delta_j, delta_i)
-    <= 0: a flipped, random or empty update); no extra compute. 'loss': score (the receiver's model before the round
+    mixing it. 'align': drop peer j's update when it is not clearly aligned with the receiver's own
+    (cosine(delta_j, delta_i) <= 4 / sqrt(P), P = adapter parameters: a flipped, random or empty update); no extra
+    compute. 'loss': score (the receiver's model before the round
     + delta_j) on its first ``trust.val_tokens`` val tokens for the peers holding the row's weight (all but the
     lightest 5 %) and drop updates that do not lower its val loss (one forward of those candidates; measured to drop
     most honest updates after the first rounds, see README 'Faulty and lying peers'). 'off' (default). Dropped pairs

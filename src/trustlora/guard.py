@@ -162,14 +162,22 @@ def restrict_to(w: torch.Tensor, accept: torch.Tensor, rows: list[int]) -> torch
     return torch.where(sums > 0, out / sums.clamp_min(1e-300), own)
 
 
+ALIGN_SIGMAS = 4.0
+"""``faults.update_check=align``: an update must be aligned with the receiver's own by more than this many standard
+deviations of the cosine between two random directions in P dimensions (1/sqrt(P)): a random or empty update is
+statistically orthogonal to everything, an honest one is not."""
+
+
 def aligned_updates(deltas: torch.Tensor, own: torch.Tensor, rows: list[int]) -> torch.Tensor:
-    """``faults.update_check=align``: [n, N] bool, False where peer j's update points away from receiver i's own
-    (cosine(deltas[j], own[i]) <= 0, which includes an empty update). Self is always kept, and so is every peer of a
-    receiver whose own update is empty (nothing to compare with). deltas [N, P], own [n, P]."""
+    """``faults.update_check=align``: [n, N] bool, False where peer j's update is not clearly aligned with receiver i's
+    own: cosine(deltas[j], own[i]) <= ALIGN_SIGMAS / sqrt(P) (a flipped, random or empty update). Self is always kept,
+    and so is every peer of a receiver whose own update is empty (nothing to compare with). deltas [N, P], own [n, P].
+    """
     d, o = deltas.double(), own.double()
     dots = o @ d.T  # [n, N]
     norms = o.norm(dim=1, keepdim=True) * d.norm(dim=1).view(1, -1)
-    keep = (dots > 0) & (norms > 0)
+    bound = ALIGN_SIGMAS / max(1, d.shape[1]) ** 0.5
+    keep = (dots > bound * norms) & (norms > 0)
     keep |= o.norm(dim=1, keepdim=True) == 0
     keep[torch.arange(len(rows)), torch.tensor(rows, dtype=torch.long)] = True
     return keep
