@@ -28,7 +28,9 @@ def test_every_strategy_keeps_its_numbers(tiny_overrides, tmp_path):
 
     out = tmp_path / "pin"
     strategies = names()
+    # the pin is of the algorithm without the update check (faults.update_check, tested on its own)
     args = ["compare", "--no-progress", f"strategies={','.join(strategies)}", "lora.dropout=0.1", f"out={out}"]
+    args += ["faults.update_check=none"]
     assert main(args + list(tiny_overrides)) == 0
     got = {s: json.loads((out / f"{s}-seed0" / "summary.json").read_text())["final_mean_test_ppl"] for s in strategies}
     missing = sorted(set(strategies) - set(PINNED))

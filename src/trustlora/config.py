@@ -332,23 +332,24 @@ class FaultsConfig:
     dropout_prob: float = 0.0
     """Simulation: probability that a user misses a round (seeded by seed and round): it neither sends nor
     aggregates, keeps training locally and rejoins; present users aggregate over the peers present."""
-    update_check: str = "off"
+    update_check: str = "align"
     """Update mode, trust strategies (weights, validation, predictions): a second look at each peer's update before
     mixing it. 'align': drop peer j's update when it is not clearly aligned with the receiver's own
     (cosine(delta_j, delta_i) <= 4 / sqrt(P), P = adapter parameters: a flipped, random or empty update); no extra
     compute. 'loss': score (the receiver's model before the round
     + delta_j) on its first ``trust.val_tokens`` val tokens for the peers holding the row's weight (all but the
     lightest 5 %) and drop updates that do not lower its val loss (one forward of those candidates; measured to drop
-    most honest updates after the first rounds, see README 'Faulty and lying peers'). 'off' (default). Dropped pairs
-    are recorded as ``harmful`` in the trust record and the row renormalised."""
+    most honest updates after the first rounds, see README 'Faulty and lying peers'). 'none': no check. Dropped pairs
+    are recorded as ``harmful`` in the trust record and the row renormalised. Default 'align': it dropped no honest
+    update in clean runs on LibreOffice (validation, predictions) and BBC News (validation): identical numbers."""
 
     def validate(self) -> None:
         _check(self.max_norm_ratio >= 0, "faults.max_norm_ratio", "a number >= 0 (0 = no bound)", self.max_norm_ratio)
         _check(0 <= self.dropout_prob < 1, "faults.dropout_prob", "a probability in [0, 1)", self.dropout_prob)
         _check(
-            self.update_check in ("off", "align", "loss"),
+            self.update_check in ("none", "align", "loss"),
             "faults.update_check",
-            "'off', 'align' or 'loss'",
+            "'none', 'align' or 'loss'",
             self.update_check,
         )
 

@@ -449,7 +449,7 @@ class Rounds:
         harmful: list[list[int]] = []
         check = self.cfg.faults.update_check
         if (
-            check != "off"
+            check != "none"
             and getattr(strat, "update_check", False)
             and applying
             and tc.mode == "update"
@@ -461,6 +461,7 @@ class Rounds:
                 self.progress("trust: checking updates on val")
                 keep = self._update_check(before, msgs["delta"], w)
             keep[alone] = True  # rows that do not aggregate are not checked
+            keep |= ~accept.to(keep.device)  # senders already out (rejected, absent, off the graph) are not news
             harmful = [[self.users[a], j] for a, j in (~keep).nonzero().tolist()]
             w = restrict_to(w, keep, self.users)
         for a in alone:
