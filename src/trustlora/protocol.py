@@ -211,30 +211,39 @@ class Rounds:
         """
         n_local, n = len(self.users), self.comm.n_users
         own = self.mm.get_flat()
-        tr, tc = self.cfg.train, self.cfg.trust
         out = torch.zeros(n_local, n, dtype=torch.float64)
         for start in range(0, n, n_local):
             chunk = list(range(start, min(start + n_local, n)))
             slots = thetas[chunk].to(own.device)
-            if len(chunk) < n_local:  # pad the last chunk with copies
-                slots = torch.cat([slots, slots[-1:].expand(n_local - len(chunk), -1)])
-            if before is None and (chunk != self.users or n_local != n):
-                self.mm.set_flat(slots)
+            # models already in the slots (simulation: every user's own) are scored as loaded
+            loaded = before is None and chunk == self.users and n_local == n
             for i in range(n_local):
-                if before is not None:
-                    self.mm.set_flat(before[i : i + 1].to(own.device) + slots)
-                losses = cross_losses(
-                    self.mm,
-                    self.data.val[i],
-                    tr.seq_len,
-                    self.cfg.eval.batch_size,
-                    tr.precision,
-                    tc.val_tokens,
-                    user_chunk=tr.user_chunk,
-                )
-                out[i, chunk] = losses[: len(chunk)]
+                cands = None if loaded else slots if before is None else before[i : i + 1].to(own.device) + slots
+                out[i, chunk] = self._val_scores(i, cands)[: len(chunk)]
         self.mm.set_flat(own)
         return out
+
+    def _val_scores(self, i: int, cands: torch.Tensor | None = None, active: int | None = None) -> torch.Tensor:
+        """CE on local user i's first ``trust.val_tokens`` val tokens of each candidate adapter: ``cands`` [k, P]
+        (k <= the slots hosted here; padded with copies of the last, which only run when ``active`` is None) loaded
+        into the slots, or the adapters loaded now (None). Returns [k] (all slots for None)."""
+        tr = self.cfg.train
+        if cands is not None:
+            k = cands.shape[0]
+            if k < len(self.users):
+                cands = torch.cat([cands, cands[-1:].expand(len(self.users) - k, -1)])
+            self.mm.set_flat(cands)
+        losses = cross_losses(
+            self.mm,
+            self.data.val[i],
+            tr.seq_len,
+            self.cfg.eval.batch_size,
+            tr.precision,
+            self.cfg.trust.val_tokens,
+            user_chunk=tr.user_chunk,
+            active=active,
+        )
+        return losses if cands is None else losses[:k]
 
     def _update_check(self, before: torch.Tensor, deltas: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """[n_local, N] bool: False where peer j's update does not lower local user i's val loss.
@@ -245,7 +254,6 @@ class Rounds:
         slots (``faults.update_check=loss``).
         """
         n_local, n = len(self.users), self.comm.n_users
-        tr, tc = self.cfg.train, self.cfg.trust
         own = self.mm.get_flat()
         keep = torch.ones(n_local, n, dtype=torch.bool)
         for a, i in enumerate(self.users):
@@ -264,22 +272,8 @@ class Rounds:
             cands = [before[a]] + [before[a] + deltas[j].to(before.device) for j in peers]
             losses: list[float] = []
             for s in range(0, len(cands), n_local):
-                part = torch.stack(cands[s : s + n_local])
-                k = part.shape[0]
-                if k < n_local:
-                    part = torch.cat([part, part[-1:].expand(n_local - k, -1)])
-                self.mm.set_flat(part.to(own.dtype))
-                out = cross_losses(
-                    self.mm,
-                    self.data.val[a],
-                    tr.seq_len,
-                    self.cfg.eval.batch_size,
-                    tr.precision,
-                    tc.val_tokens,
-                    user_chunk=tr.user_chunk,
-                    active=k,
-                )
-                losses += out[:k].tolist()
+                part = torch.stack(cands[s : s + n_local]).to(own.dtype)
+                losses += self._val_scores(a, part, active=part.shape[0]).tolist()
             for j, loss in zip(peers, losses[1:], strict=True):
                 keep[a, j] = loss < losses[0]
         self.mm.set_flat(own)
