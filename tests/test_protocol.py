@@ -398,3 +398,27 @@ def test_published_kinds_follow_the_strategy(tiny_overrides):
     before = proto.mm.get_flat()
     with pytest.raises(ValueError, match="unknown message kinds"):
         proto.publish(before, before.clone(), 1)
+
+
+def test_validation_scores_what_peers_published_not_what_is_loaded(tiny_overrides):
+    """Model candidates are the published thetas: where one differs from the adapter loaded in its slot (a simulated
+    attacker's lie), the published one is scored, not the loaded one."""
+    cfg = load_config(None, tiny_overrides + ["strategy=validation"])
+    proto = _rounds(cfg)
+    mm = proto.mm
+    g = torch.Generator().manual_seed(1)
+    loaded = mm.get_flat() + torch.randn(mm.get_flat().shape, generator=g) * 0.02
+    mm.set_flat(loaded)
+    same = proto._val_cross(loaded.clone())
+    published = loaded.clone()
+    published[1] = loaded[1] - 5.0 * (loaded[1] - loaded[0])  # user 1 claims another model
+    cross = proto._val_cross(published)
+    torch.testing.assert_close(mm.get_flat(), loaded)  # the loaded adapters are back
+    for i in range(3):
+        cand = loaded.clone()
+        cand[:] = published[1]
+        mm.set_flat(cand)
+        ref = cross_losses(mm, proto.data.val[i], 32, cfg.eval.batch_size, "fp32", cfg.trust.val_tokens)[0]
+        assert cross[i, 1].item() == pytest.approx(ref.item(), rel=1e-6)
+        assert cross[i, 1].item() != pytest.approx(same[i, 1].item(), rel=1e-4)
+    torch.testing.assert_close(cross[:, [0, 2]], same[:, [0, 2]], rtol=1e-6, atol=1e-6)

@@ -215,8 +215,15 @@ class Rounds:
         for start in range(0, n, n_local):
             chunk = list(range(start, min(start + n_local, n)))
             slots = thetas[chunk].to(own.device)
-            # models already in the slots (simulation: every user's own) are scored as loaded
-            loaded = before is None and chunk == self.users and n_local == n
+            # models already in the slots (simulation: every user's own, unless a slot published something else:
+            # a simulated attacker's lie, a sanitised message) are scored as loaded
+            loaded = (
+                before is None
+                and chunk == self.users
+                and n_local == n
+                and slots.dtype == own.dtype
+                and torch.equal(slots, own)
+            )
             for i in range(n_local):
                 cands = None if loaded else slots if before is None else before[i : i + 1].to(own.device) + slots
                 out[i, chunk] = self._val_scores(i, cands)[: len(chunk)]
