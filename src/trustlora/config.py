@@ -208,9 +208,16 @@ class TrainConfig:
         )
 
 
-@dataclass
+@dataclass(eq=False)
 class TrustConfig:
-    """How trust scores become the row-stochastic W and how W is applied."""
+    """How trust scores become the row-stochastic W and how W is applied: the options every strategy shares.
+
+    A strategy's own options live in its module, as its ``Options`` dataclass (``trust/predictions.py``:
+    ``topk``, ``logit_space``; ``trust/validation.py``: ``val_tokens``, ...). They are set and read here under their
+    flat names, as ever (``trust.topk=5``, ``cfg.trust.topk``), or per strategy (``trust.predictions.topk=5``,
+    ``cfg.trust.options('predictions')``); :func:`to_dict` writes them flat into the ``trust`` section. The names
+    come from the strategy registry (:func:`trustlora.trust.option_types`), so a plugin strategy's options work the
+    same way."""
 
     temperature: float | str = "auto"
     """Softmax temperature tau, or 'auto': the calibration's default (scale 'relative', where tau is a fraction of a
@@ -235,33 +242,70 @@ class TrustConfig:
     own training moved it — independent of N, of the corpus and of the number of steps. Paper-style options
     kept for reproduction: 'none' = the paper's formulas (softmax(cos/tau), softmax(-CE/tau), softmax(-L1/tau)),
     'row_l1' = the official code's rescaling (S / sum_j S_ij * 10), 'row_mean' (S / mean_j S_ij)."""
-    topk: int = 10
-    """Strategy 'predictions': predictions kept per position. Deviation: the official code keeps the top 100 raw
-    logits (``trust.topk=100 trust.logit_space=logits``); top-10 probabilities are 10x smaller to send and, being
-    probabilities, comparable across models whose logits drift by a constant."""
-    logit_space: str = "probs"
-    """Strategy 'predictions': compare 'probs' (softmax, then top-k; the default, a deviation from the paper, which
-    describes logits) or raw 'logits' (the official code)."""
-    val_tokens: int = 512
-    """Strategy 'validation': tokens of each user's val split scored by every peer model (N^2 evaluations)."""
-    val_metric: str = "loss"
-    """Strategy 'validation': 'loss' (mean CE, default) or 'ppl' (perplexity, official code)."""
-    trim: float = 0.2
-    """Strategy 'trimmed_mean': fraction of the largest and of the smallest values dropped per coordinate."""
-    byzantine: int | str = "auto"
-    """Strategy 'krum': f, the number of faulty peers to tolerate ('auto' = floor((N - 3) / 2))."""
-    krum_select: int = 1
-    """Strategy 'krum': updates averaged (1 = Krum; more = multi-Krum)."""
-    val_reference: str = "best"
-    """Strategy 'validation', relative scale: what z = 0 is. 'best' (default): the best model in the row (self
-    competes like any peer); 'self': the user's own model's CE, so every peer at least as good as it shares the top
-    weight (more oracle-like W, slightly worse val ppl in our measurements; src/trustlora/trust/validation.py)."""
-    val_candidate: str = "model"
-    """Strategy 'validation': what a peer's score measures. 'model': peer j's published model theta_j (the paper);
-    'update': the receiver's own model before the round plus j's published update (what update mode actually mixes
-    in), the unit being the best such candidate's gain over the receiver's model before the round; 'auto' = 'update'
-    in update mode, 'model' in weight mode. 'model' trusts a peer whose model is good but whose update is a lie
-    (sign_flip, noise); see README 'Faulty and lying peers'."""
+
+    def options(self, strategy: str) -> Any:
+        """Strategy ``strategy``'s options (an instance of its ``Options`` dataclass, defaults until set)."""
+        from trustlora.trust import options_class
+
+        opts = self.__dict__.setdefault("_options", {})
+        if strategy not in opts:
+            cls = options_class(strategy)
+            if cls is None:
+                raise ConfigError(f"trust.{strategy}: strategy '{strategy}' has no options")
+            opts[strategy] = cls()
+        return opts[strategy]
+
+    def option_values(self) -> dict[str, Any]:
+        """Every registered strategy's options, flat (name -> value), in registry order."""
+        from trustlora.trust import option_types
+
+        return {name: getattr(self.options(owner), name) for name, (owner, _) in option_types().items()}
+
+    def extra_types(self) -> dict[str, Any]:
+        """Keys beyond the dataclass fields that :func:`_apply` accepts: flat option names (-> their types) and
+        strategy names with options (-> their ``Options`` class, a nested mapping)."""
+        from trustlora.trust import names, option_types, options_class
+
+        out: dict[str, Any] = {name: tp for name, (_, tp) in option_types().items()}
+        out.update({s: options_class(s) for s in names() if options_class(s) is not None})
+        return out
+
+    def __getattr__(self, name: str) -> Any:  # only called when normal lookup fails: a strategy's option
+        if name.startswith("_"):
+            raise AttributeError(name)
+        from trustlora.trust import option_types, options_class
+
+        owners = option_types()
+        if name in owners:
+            return getattr(self.options(owners[name][0]), name)
+        try:
+            has_options = options_class(name) is not None
+        except ConfigError:
+            has_options = False
+        if has_options:
+            return self.options(name)
+        raise AttributeError(f"'TrustConfig' has no option '{name}'")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_") or name in _TRUST_FIELDS:
+            object.__setattr__(self, name, value)
+            return
+        from trustlora.trust import option_types
+
+        owners = option_types()
+        if name not in owners:
+            raise AttributeError(f"'TrustConfig' has no option '{name}'")
+        setattr(self.options(owners[name][0]), name, value)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TrustConfig):
+            return NotImplemented
+        mine = {f: getattr(self, f) for f in _TRUST_FIELDS} | self.option_values()
+        return mine == ({f: getattr(other, f) for f in _TRUST_FIELDS} | other.option_values())
+
+    def __repr__(self) -> str:
+        items = {f: getattr(self, f) for f in _TRUST_FIELDS} | self.option_values()
+        return "TrustConfig(" + ", ".join(f"{k}={v!r}" for k, v in items.items()) + ")"
 
     def validate(self) -> None:
         _check(
@@ -291,35 +335,28 @@ class TrustConfig:
             "auto, relative, none, row_l1 or row_mean",
             self.scale,
         )
-        _check(isinstance(self.topk, int) and self.topk >= 1, "trust.topk", "an integer >= 1", self.topk)
-        _check(self.logit_space in ("probs", "logits"), "trust.logit_space", "'probs' or 'logits'", self.logit_space)
-        _check(
-            isinstance(self.val_tokens, int) and self.val_tokens >= 2,
-            "trust.val_tokens",
-            "an integer >= 2",
-            self.val_tokens,
-        )
-        _check(self.val_metric in ("loss", "ppl"), "trust.val_metric", "'loss' or 'ppl'", self.val_metric)
-        _check(0 <= self.trim < 0.5, "trust.trim", "a fraction in [0, 0.5)", self.trim)
-        _check(
-            self.byzantine == "auto" or (isinstance(self.byzantine, int) and self.byzantine >= 0),
-            "trust.byzantine",
-            "an integer >= 0 or 'auto'",
-            self.byzantine,
-        )
-        _check(
-            isinstance(self.krum_select, int) and self.krum_select >= 1,
-            "trust.krum_select",
-            "an integer >= 1",
-            self.krum_select,
-        )
-        _check(self.val_reference in ("self", "best"), "trust.val_reference", "'self' or 'best'", self.val_reference)
-        _check(
-            self.val_candidate in ("auto", "model", "update"),
-            "trust.val_candidate",
-            "'auto', 'model' or 'update'",
-            self.val_candidate,
-        )
+        from trustlora.trust import names, options_class
+
+        for s in names():
+            if options_class(s) is not None:
+                self.options(s).validate()
+
+
+_TRUST_FIELDS = tuple(f.name for f in dataclasses.fields(TrustConfig))
+_trust_init = TrustConfig.__init__
+
+
+def _trust_config_init(self: TrustConfig, **kwargs: Any) -> None:
+    """The dataclass' __init__ for the shared fields; strategies' options (flat names) set after it."""
+    _trust_init(self, **{k: kwargs.pop(k) for k in list(kwargs) if k in _TRUST_FIELDS})
+    for key, value in kwargs.items():
+        try:
+            setattr(self, key, value)
+        except AttributeError:
+            raise TypeError(f"TrustConfig() got an unexpected keyword argument '{key}'") from None
+
+
+TrustConfig.__init__ = _trust_config_init  # type: ignore[method-assign]
 
 
 @dataclass
@@ -553,6 +590,8 @@ def _scalar(text: str) -> Any:
 
 def _apply(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
     types_ = _field_types(type(obj))
+    if hasattr(type(obj), "extra_types"):  # TrustConfig: the strategies' options
+        types_ |= obj.extra_types()
     for key, value in updates.items():
         name = f"{prefix}{key}"
         if key not in types_:
@@ -624,7 +663,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """The config as plain data; the ``trust`` section holds the strategies' options flat (their names as keys)."""
+    out = dataclasses.asdict(cfg)
+    out["trust"].update(cfg.trust.option_values())
+    return out
 
 
 def from_dict(data: dict[str, Any]) -> Config:

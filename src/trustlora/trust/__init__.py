@@ -14,13 +14,14 @@ Registering a name twice, or asking for an unknown one, fails loudly and lists t
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 import torch
 
-from trustlora.config import ConfigError, TrustConfig
+from trustlora.config import _TRUST_FIELDS, ConfigError, TrustConfig, _field_types
 
 
 @dataclass
@@ -120,10 +121,36 @@ _REGISTRY: dict[str, Strategy] = {}
 
 
 def register(strategy: Strategy) -> Strategy:
+    """Add ``strategy`` under its name. Its ``Options`` dataclass (optional: the strategy's own settings, each with a
+    default and a ``validate()``) becomes settable as ``trust.<option>`` / ``trust.<strategy>.<option>``; an option
+    name must be new (not a shared ``trust`` field, another strategy's option or a strategy name)."""
     if strategy.name in _REGISTRY:
         raise ValueError(f"trust strategy '{strategy.name}' is registered twice")
+    cls = getattr(strategy, "Options", None)
+    if cls is not None:
+        if not dataclasses.is_dataclass(cls):
+            raise ValueError(f"trust strategy '{strategy.name}': Options must be a dataclass")
+        taken = set(_TRUST_FIELDS) | set(option_types()) | set(_REGISTRY) | {strategy.name}
+        clash = sorted(set(_field_types(cls)) & taken)
+        if clash:
+            raise ValueError(f"trust strategy '{strategy.name}': option names {clash} are taken")
     _REGISTRY[strategy.name] = strategy
     return strategy
+
+
+def options_class(name: str) -> type | None:
+    """Strategy ``name``'s ``Options`` dataclass, or None if it has none."""
+    return getattr(get(name), "Options", None)
+
+
+def option_types() -> dict[str, tuple[str, object]]:
+    """Every registered strategy's options: option name -> (strategy name, type), in registry order."""
+    out: dict[str, tuple[str, object]] = {}
+    for name, strat in _REGISTRY.items():
+        cls = getattr(strat, "Options", None)
+        if cls is not None:
+            out.update({k: (name, tp) for k, tp in _field_types(cls).items()})
+    return out
 
 
 def names() -> list[str]:

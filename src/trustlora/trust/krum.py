@@ -5,10 +5,37 @@ f = ``trust.byzantine``, 'auto' = floor((N - 3) / 2), the most Krum tolerates). 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from trustlora.aggregate import krum_select
+from trustlora.config import _check
 from trustlora.trust import Strategy
+
+
+@dataclass
+class KrumOptions:
+    """Options of strategy 'krum'."""
+
+    byzantine: int | str = "auto"
+    """f, the number of faulty peers to tolerate ('auto' = floor((N - 3) / 2))."""
+    krum_select: int = 1
+    """Updates averaged (1 = Krum; more = multi-Krum)."""
+
+    def validate(self) -> None:
+        _check(
+            self.byzantine == "auto" or (isinstance(self.byzantine, int) and self.byzantine >= 0),
+            "trust.byzantine",
+            "an integer >= 0 or 'auto'",
+            self.byzantine,
+        )
+        _check(
+            isinstance(self.krum_select, int) and self.krum_select >= 1,
+            "trust.krum_select",
+            "an integer >= 1",
+            self.krum_select,
+        )
 
 
 def byzantine(cfg, n: int) -> int:
@@ -17,6 +44,7 @@ def byzantine(cfg, n: int) -> int:
 
 class Krum(Strategy):
     name = "krum"
+    Options = KrumOptions
     needs: tuple[str, ...] = ("delta",)
     exchanges = True
 

@@ -11,10 +11,30 @@ Paper-style: ``scale=none`` = softmax(-S/tau) (the paper's formula), ``scale=row
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from trustlora.config import _check
 from trustlora.trust import Strategy
 from trustlora.trust.normalise import normalise, normalise_relative, resolved_scale
+
+
+@dataclass
+class PredictionsOptions:
+    """Options of strategy 'predictions' (``trust.topk``, ``trust.logit_space``)."""
+
+    topk: int = 10
+    """Predictions kept per position. Deviation: the official code keeps the top 100 raw logits
+    (``trust.topk=100 trust.logit_space=logits``); top-10 probabilities are 10x smaller to send and, being
+    probabilities, comparable across models whose logits drift by a constant."""
+    logit_space: str = "probs"
+    """Compare 'probs' (softmax, then top-k; the default, a deviation from the paper, which describes logits) or raw
+    'logits' (the official code)."""
+
+    def validate(self) -> None:
+        _check(isinstance(self.topk, int) and self.topk >= 1, "trust.topk", "an integer >= 1", self.topk)
+        _check(self.logit_space in ("probs", "logits"), "trust.logit_space", "'probs' or 'logits'", self.logit_space)
 
 
 def sparse_l1(v_a: torch.Tensor, i_a: torch.Tensor, v_b: torch.Tensor, i_b: torch.Tensor) -> torch.Tensor:
@@ -45,6 +65,7 @@ def prediction_scores(values: torch.Tensor, indices: torch.Tensor, rows: list[in
 
 class Predictions(Strategy):
     name = "predictions"
+    Options = PredictionsOptions
     needs: tuple[str, ...] = ("topk",)
     exchanges = True
     update_check = True

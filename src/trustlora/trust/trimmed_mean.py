@@ -4,15 +4,30 @@ W records uniform weight over the accepted senders (bookkeeping only)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from trustlora.aggregate import trimmed_mean
+from trustlora.config import _check
 from trustlora.trust import Strategy
 from trustlora.trust.median import uniform_rows
 
 
+@dataclass
+class TrimmedMeanOptions:
+    """Options of strategy 'trimmed_mean'."""
+
+    trim: float = 0.2
+    """Fraction of the largest and of the smallest values dropped per coordinate."""
+
+    def validate(self) -> None:
+        _check(0 <= self.trim < 0.5, "trust.trim", "a fraction in [0, 0.5)", self.trim)
+
+
 class TrimmedMean(Strategy):
     name = "trimmed_mean"
+    Options = TrimmedMeanOptions
     needs: tuple[str, ...] = ()
     exchanges = True
 

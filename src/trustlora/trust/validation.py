@@ -22,10 +22,50 @@ or random update) then scores as what it would do to the receiver.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from trustlora.config import _check
 from trustlora.trust import Strategy
 from trustlora.trust.normalise import normalise, normalise_relative, resolved_scale
+
+
+@dataclass
+class ValidationOptions:
+    """Options of strategy 'validation' (``trust.val_tokens``, ``trust.val_metric``, ...)."""
+
+    val_tokens: int = 512
+    """Tokens of each user's val split scored by every peer model (N^2 evaluations; also what
+    ``faults.update_check=loss`` scores on)."""
+    val_metric: str = "loss"
+    """'loss' (mean CE, default) or 'ppl' (perplexity, official code)."""
+    val_reference: str = "best"
+    """Relative scale: what z = 0 is. 'best' (default): the best model in the row (self competes like any peer);
+    'self': the user's own model's CE, so every peer at least as good as it shares the top weight (more oracle-like
+    W, slightly worse val ppl in our measurements; see the module docstring)."""
+    val_candidate: str = "model"
+    """What a peer's score measures. 'model': peer j's published model theta_j (the paper); 'update': the receiver's
+    own model before the round plus j's published update (what update mode actually mixes in), the unit being the
+    best such candidate's gain over the receiver's model before the round; 'auto' = 'update' in update mode, 'model'
+    in weight mode. 'model' trusts a peer whose model is good but whose update is a lie (sign_flip, noise) unless
+    ``faults.update_check`` drops it; see README 'Faulty and lying peers'."""
+
+    def validate(self) -> None:
+        _check(
+            isinstance(self.val_tokens, int) and self.val_tokens >= 2,
+            "trust.val_tokens",
+            "an integer >= 2",
+            self.val_tokens,
+        )
+        _check(self.val_metric in ("loss", "ppl"), "trust.val_metric", "'loss' or 'ppl'", self.val_metric)
+        _check(self.val_reference in ("self", "best"), "trust.val_reference", "'self' or 'best'", self.val_reference)
+        _check(
+            self.val_candidate in ("auto", "model", "update"),
+            "trust.val_candidate",
+            "'auto', 'model' or 'update'",
+            self.val_candidate,
+        )
 
 
 def validation_scores(val_losses: torch.Tensor, metric: str) -> torch.Tensor:
@@ -58,6 +98,7 @@ def candidate(cfg) -> str:
 
 class Validation(Strategy):
     name = "validation"
+    Options = ValidationOptions
     needs: tuple[str, ...] = ("theta", "val_cross")
     exchanges = True
     update_check = True
