@@ -61,6 +61,29 @@ class UserStack(Protocol):
     # ``head_weight(dtype)`` (loss in chunks without full logits), ``dropout_state()`` / ``load_dropout_state()``.
 
 
+class StackBase(nn.Module):
+    """What both stacks set up alike: the frozen base ``model``, the hosted slots' global user ids and the run's
+    number of users (``user_ids`` default ``0..n_users-1``; ``n_total`` default their max + 1)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        n_users: int,
+        cfg: LoraConfig,
+        user_ids: list[int] | None = None,
+        n_total: int | None = None,
+    ):
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.n_users = n_users  # slots hosted here
+        self.user_ids = user_ids if user_ids is not None else list(range(n_users))  # their global ids
+        self.n_total = n_total if n_total is not None else max(self.user_ids) + 1  # users in the whole run
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.positions = 0  # token positions run through the model so far (all slots; for FLOP accounting)
+
+
 def build_stack(model: nn.Module, n_users: int, cfg: LoraConfig, **kw) -> UserStack:
     """``MultiFull`` for ``lora.targets=[full]``, else ``MultiLoRA`` (same :class:`UserStack` interface)."""
     from trustlora.model.multifull import MultiFull, is_full

@@ -24,13 +24,14 @@ from torch.func import functional_call
 
 from trustlora.cache import atomic_write_bytes, atomic_write_text
 from trustlora.config import LoraConfig
+from trustlora.model import StackBase
 
 
 def is_full(cfg: LoraConfig) -> bool:
     return list(cfg.targets) == ["full"]
 
 
-class MultiFull(nn.Module):
+class MultiFull(StackBase):
     """Stacked copies of every parameter of ``model`` (the model itself stays frozen as the base)."""
 
     def __init__(
@@ -42,22 +43,14 @@ class MultiFull(nn.Module):
         user_ids: list[int] | None = None,
         n_total: int | None = None,
     ):
-        super().__init__()
-        self.model = model
-        self.cfg = cfg
-        self.n_users = n_users
-        self.user_ids = user_ids if user_ids is not None else list(range(n_users))
-        self.n_total = n_total if n_total is not None else max(self.user_ids) + 1
+        super().__init__(model, n_users, cfg, user_ids, n_total)
         self.names = [name for name, _ in model.named_parameters()]  # tied weights appear once
-        for p in model.parameters():
-            p.requires_grad_(False)
         self.stacked = nn.ParameterList(
             nn.Parameter(torch.empty(n_users, *p.shape, dtype=torch.float32, device=p.device))
             for _, p in model.named_parameters()
         )
         self.target_names = ["full"]
         self._enabled = True
-        self.positions = 0  # token positions run through the model so far (FLOP accounting)
         self.reset_adapters(seed)
 
     @property

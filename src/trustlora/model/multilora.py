@@ -34,6 +34,7 @@ from torch import nn
 
 from trustlora.cache import atomic_write_bytes, atomic_write_text
 from trustlora.config import ConfigError, LoraConfig
+from trustlora.model import StackBase
 
 _ATTN_HINTS = ("attn", "attention")
 _MLP_HINTS = ("mlp", "feed_forward", "ffn")
@@ -263,7 +264,7 @@ def plain_lm_head(model: nn.Module) -> nn.Linear | None:
     return head
 
 
-class MultiLoRA(nn.Module):
+class MultiLoRA(StackBase):
     """Wraps a frozen causal LM so that it carries ``n_users`` stacked adapters."""
 
     chunked_head = True
@@ -278,16 +279,8 @@ class MultiLoRA(nn.Module):
         user_ids: list[int] | None = None,
         n_total: int | None = None,
     ):
-        super().__init__()
-        self.model = model
-        self.cfg = cfg
-        self.n_users = n_users  # slots hosted here
-        self.user_ids = user_ids if user_ids is not None else list(range(n_users))  # their global ids
-        self.n_total = n_total if n_total is not None else max(self.user_ids) + 1  # users in the whole run
-        for p in model.parameters():
-            p.requires_grad_(False)
+        super().__init__(model, n_users, cfg, user_ids, n_total)
         self._shared = _Shared(n_users, cfg.dropout)
-        self.positions = 0  # token positions run through the model so far (all slots; for FLOP accounting)
         self.target_names = find_targets(model, cfg.targets)
         self.layers: dict[str, MultiLoRALinear] = {}
         for name in self.target_names:
