@@ -225,3 +225,50 @@ def test_robustness_command_table(tiny_overrides, tmp_path, capsys):
     assert main(["robustness", "--attacks", "bribe", *tiny_overrides]) == 2
     assert "--attacks" in capsys.readouterr().err
     assert main(["robustness", "--attacks", "nan", *tiny_overrides, f"out={tmp_path / 'x'}"]) == 2  # no attackers
+
+
+def test_duplicate_senders_finds_copies_only():
+    from trustlora.guard import DUPLICATE_COS, duplicate_senders
+
+    g = torch.Generator().manual_seed(3)
+    d = torch.randn(5, 1000, generator=g)
+    d[3] = d[1] * 2.0  # a copy, rescaled: still a copy
+    d[4] = 0.0  # empty: nobody's copy
+    dup, top = duplicate_senders(d, [0, 1, 2, 3, 4])
+    assert dup == [1, 3] and top == pytest.approx(1.0, abs=1e-5)
+    dup, top = duplicate_senders(d, [0, 1, 2, 4])  # sender 3 rejected or absent: no copy left
+    assert dup == [] and top < DUPLICATE_COS
+    assert duplicate_senders(d, [0]) == ([], None)
+
+
+@pytest.mark.parametrize("duplicates", ["drop", "keep"])
+def test_copying_free_rider_earns_nothing(tiny_overrides, tmp_path, duplicates):
+    """attack.kind=copy: user 2 resends user 0's update. With faults.duplicates=drop neither copy counts for the others
+    (the original cannot be told apart), each keeps its own; with keep the copier is weighed like anyone. (Trust
+    strategies only, like the update check; the update check is off here so that only the duplicates act.)"""
+    _, recs, s = _run(
+        tiny_overrides,
+        tmp_path,
+        f"copy-{duplicates}",
+        [
+            "strategy=weights",
+            "attack.users=2",
+            "attack.kind=copy",
+            "faults.update_check=none",
+            f"faults.duplicates={duplicates}",
+        ],
+    )
+    trust = [r for r in recs if r["kind"] == "trust"]
+    assert trust
+    for r in trust:
+        w = torch.tensor(r["W"])
+        torch.testing.assert_close(w.sum(1), torch.ones(3, dtype=w.dtype))
+        assert r["max_peer_cos"] == pytest.approx(1.0, abs=1e-5)
+        if duplicates == "drop":
+            assert r["duplicates"] == [0, 2]
+            assert float(w[1, 0]) == 0.0 and float(w[1, 2]) == 0.0 and float(w[1, 1]) == 1.0
+            assert float(w[0, 2]) == 0.0 and float(w[0, 0]) > 0.0
+            assert [1, 0] in r["harmful"] and [1, 2] in r["harmful"]
+        else:
+            assert r["duplicates"] == [] and float(w[1, 2]) > 0.0
+    assert (s["attack"]["trust_mass_on_attackers"] == 0.0) == (duplicates == "drop")

@@ -380,7 +380,14 @@ class FaultsConfig:
     are recorded as ``harmful`` in the trust record and the row renormalised. Default 'align': it dropped no honest
     update in clean runs on LibreOffice (validation, predictions) and BBC News (validation): identical numbers."""
 
+    duplicates: str = "drop"
+    """Where ``update_check`` applies: 'drop' (default) ignores, for the round, every sender whose update is a copy of
+    another sender's (cosine >= 0.99, src/trustlora/guard.py): free riders resending an honest peer's update, and the
+    peer they copy, since a receiver cannot tell the original from its copies; recorded as ``duplicates`` (and the
+    pairs as ``harmful``) in the trust record. 'keep': no such check."""
+
     def validate(self) -> None:
+        _check(self.duplicates in ("drop", "keep"), "faults.duplicates", "'drop' or 'keep'", self.duplicates)
         _check(self.max_norm_ratio >= 0, "faults.max_norm_ratio", "a number >= 0 (0 = no bound)", self.max_norm_ratio)
         _check(0 <= self.dropout_prob < 1, "faults.dropout_prob", "a probability in [0, 1)", self.dropout_prob)
         _check(

@@ -181,3 +181,28 @@ def aligned_updates(deltas: torch.Tensor, own: torch.Tensor, rows: list[int]) ->
     keep |= o.norm(dim=1, keepdim=True) == 0
     keep[torch.arange(len(rows)), torch.tensor(rows, dtype=torch.long)] = True
     return keep
+
+
+DUPLICATE_COS = 0.99
+"""``faults.duplicates=drop``: two senders whose updates have a cosine at least this are copies of one another. Honest
+users train on their own data with their own dropout and batch order: in clean runs the largest cosine between two
+users' updates was far below (``max_peer_cos`` in every trust record; README 'Faulty and lying peers')."""
+
+
+def duplicate_senders(deltas: torch.Tensor, senders: list[int]) -> tuple[list[int], float | None]:
+    """``faults.duplicates=drop``: among ``senders`` (global ids; rows of ``deltas`` [N, P]), those whose update is a
+    copy of another's (cosine >= :data:`DUPLICATE_COS`; an empty update is nobody's copy), and the largest cosine
+    between two distinct senders' updates (None for fewer than two). The receiver cannot tell the original from its
+    copies (they arrive in the same round), so every member of a group of copies is returned: an update counts once
+    or not at all, and a free rider resending someone's update earns nothing with it (FoolsGold's premise: sybils'
+    updates are more alike than honest users')."""
+    if len(senders) < 2:
+        return [], None
+    d = deltas[senders].float()
+    norms = d.norm(dim=1)
+    cos = (d @ d.T) / (norms.view(-1, 1) * norms.view(1, -1)).clamp_min(1e-30)
+    cos.fill_diagonal_(-1.0)
+    cos[norms == 0] = -1.0
+    cos[:, norms == 0] = -1.0
+    dup = (cos >= DUPLICATE_COS).any(dim=1)
+    return [senders[k] for k in dup.nonzero().view(-1).tolist()], float(cos.max())

@@ -43,6 +43,7 @@ from trustlora.guard import (
     MessageSizes,
     aligned_updates,
     check_messages,
+    duplicate_senders,
     expected_messages,
     restrict_to,
     sanitize,
@@ -380,7 +381,8 @@ class Rounds:
         """Check what arrived (``gathered``: kind -> ``[N, ...]``, every kind of ``outbox``), compute this process's
         trust rows, apply ``faults.update_check``, aggregate (the new adapters are set on the model).
 
-        Returns (W rows, scores, faults: {"rejected": [events], "absent": [users], "harmful": [[receiver, sender]]}).
+        Returns (W rows, scores, faults: {"rejected": [events], "absent": [users], "harmful": [[receiver, sender]],
+        "duplicates": [senders], "max_peer_cos": float | None}).
         Every message is checked at the receiving side before any use (:mod:`trustlora.guard`): a rejected or absent
         sender weighs 0 in the rows (renormalised) and its tensors are replaced by zeros; an absent user keeps its
         locally trained adapter.
@@ -448,27 +450,42 @@ class Rounds:
         # missed the round, or an attacker: keeps its own locally trained model (row = itself)
         alone = [a for a, u in enumerate(self.users) if not present[u] or a in self.attack_slots]
         harmful: list[list[int]] = []
-        check = self.cfg.faults.update_check
+        duplicates: list[int] = []
+        max_peer_cos = None
+        check, dups = self.cfg.faults.update_check, self.cfg.faults.duplicates
         if (
-            check != "none"
-            and getattr(strat, "update_check", False)
+            getattr(strat, "update_check", False)
             and applying
             and tc.mode == "update"
             and getattr(strat, "aggregate", None) is None
         ):
+            keep = torch.ones(len(self.users), n, dtype=torch.bool)
             if check == "align":
                 keep = aligned_updates(msgs["delta"].cpu(), own_delta.cpu(), self.users)
-            else:
+            elif check == "loss":
                 self.progress("trust: checking updates on val")
                 keep = self._update_check(before, msgs["delta"], w)
+            senders = [j for j in range(n) if bool(verdict.accept[:, j].any()) and bool(present[j])]
+            copies, max_peer_cos = duplicate_senders(msgs["delta"].cpu(), senders)  # max_peer_cos: recorded anyway
+            if dups == "drop" and copies:  # copies of one update: none of them counts (the original is not knowable)
+                duplicates = copies
+                keep[:, duplicates] = False
+                keep[torch.arange(len(self.users)), torch.tensor(self.users)] = True  # a receiver keeps its own
             keep[alone] = True  # rows that do not aggregate are not checked
             keep |= ~accept.to(keep.device)  # senders already out (rejected, absent, off the graph) are not news
             harmful = [[self.users[a], j] for a, j in (~keep).nonzero().tolist()]
-            w = restrict_to(w, keep, self.users)
+            if check != "none" or harmful:
+                w = restrict_to(w, keep, self.users)
         for a in alone:
             w[a] = 0.0
             w[a, self.users[a]] = 1.0
-        faults = {"rejected": verdict.events, "absent": absent, "harmful": harmful}
+        faults = {
+            "rejected": verdict.events,
+            "absent": absent,
+            "harmful": harmful,
+            "duplicates": duplicates,
+            "max_peer_cos": max_peer_cos,
+        }
         if not applying:
             return w, scores, faults  # trust recorded, every user keeps its own locally trained adapter
         robust = getattr(strat, "aggregate", None)
@@ -553,7 +570,9 @@ class Rounds:
                 "bytes": self.comm.sent_bytes(),
                 "rejected": faults["rejected"],  # messages dropped by the receiving-side checks (trustlora.guard)
                 "absent": faults["absent"],  # users who missed this round (faults.dropout_prob)
-                "harmful": faults["harmful"],  # [receiver, sender]: updates dropped by faults.update_check
+                "harmful": faults["harmful"],  # [receiver, sender]: updates dropped by faults.update_check / duplicates
+                "duplicates": faults["duplicates"],  # senders whose updates were copies of one another (dropped)
+                "max_peer_cos": faults["max_peer_cos"],  # largest cosine between two senders' updates (copy margin)
                 "bytes_equiv": self.message_sizes(after),
             }
         )
