@@ -59,3 +59,45 @@ def test_plugin_strategy(tiny_overrides, tmp_path, capsys):
         assert s["final_mean_test_ppl"] != local["final_mean_test_ppl"]  # it did exchange
     finally:
         trust._REGISTRY.pop("half_self", None)
+
+
+class NormPeers:
+    """Toy strategy with a message of its own: every user publishes its update's norm ('update_norm', one float);
+    W_ij = softmax_j(-|log n_j - log n_i|). User 1 publishes NaN, which the receiving-side checks must reject."""
+
+    name = "norm_peers"
+    needs: tuple[str, ...] = ()
+    exchanges = True
+    messages = {"update_norm": lambda sizes: ((1,), torch.float32)}
+
+    def publish(self, ctx):
+        norms = (ctx.after - ctx.before).norm(dim=1, keepdim=True).float()
+        norms[[a for a, u in enumerate(ctx.users) if u == 1]] = float("nan")
+        return {"update_norm": norms}
+
+    def trust(self, inp, cfg):
+        logn = inp.extra["update_norm"].double().clamp_min(1e-30).log().view(1, -1)
+        own = logn[0, inp.users].view(-1, 1)
+        return torch.softmax(-(logn - own).abs(), dim=1), None
+
+
+def test_plugin_strategy_with_its_own_message(tiny_overrides, tmp_path):
+    from trustlora import trust
+
+    trust.register(NormPeers())
+    try:
+        out = tmp_path / "run"
+        assert main(["run", "--no-progress", "strategy=norm_peers", f"out={out}", *tiny_overrides]) == 0
+        recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        rounds = [r for r in recs if r["kind"] == "trust"]
+        assert rounds
+        for r in rounds:
+            assert r["bytes"]["update_norm"] == 4  # gathered and counted like any kind (one user sends one float32)
+            assert [(e["sender"], e["kind"], e["reason"]) for e in r["rejected"]] == [
+                (1, "update_norm", "non-finite values")
+            ]
+            w = torch.tensor(r["W"])
+            assert float(w[0, 1]) == 0.0 and float(w[2, 1]) == 0.0 and float(w[0, 2]) > 0.0
+            torch.testing.assert_close(w.sum(1), torch.ones(3, dtype=w.dtype))
+    finally:
+        trust._REGISTRY.pop("norm_peers", None)

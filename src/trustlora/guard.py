@@ -51,13 +51,19 @@ next-token predictions on X_S (probabilities or logits, float32) and their token
 table is the order in which kinds are gathered (the same on every process) and checked."""
 
 
-def expected_messages(kinds: Iterable[str], sizes: MessageSizes) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """(shape, dtype) of one slice of each of ``kinds``, from :data:`MESSAGES`; an unknown kind fails loudly."""
+def expected_messages(
+    kinds: Iterable[str],
+    sizes: MessageSizes,
+    extra: dict[str, Callable[[MessageSizes], tuple[tuple[int, ...], torch.dtype]]] | None = None,
+) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """(shape, dtype) of one slice of each of ``kinds``, from :data:`MESSAGES` and ``extra`` (a strategy's own kinds,
+    its ``messages`` table); an unknown kind fails loudly."""
+    table = MESSAGES | (extra or {})
     out = {}
     for kind in kinds:
-        if kind not in MESSAGES:
-            raise ValueError(f"unknown message kind '{kind}'; expected one of: {', '.join(MESSAGES)}")
-        out[kind] = MESSAGES[kind](sizes)
+        if kind not in table:
+            raise ValueError(f"unknown message kind '{kind}'; expected one of: {', '.join(table)}")
+        out[kind] = table[kind](sizes)
     return out
 
 

@@ -58,7 +58,7 @@ from trustlora.train import (
     topk_predictions,
     windows,
 )
-from trustlora.trust import TrustInputs, get, needs_of, published_kinds
+from trustlora.trust import TrustInputs, custom_messages, get, needs_of, published_kinds
 from trustlora.trust.quality import trust_quality
 
 UPDATE_CHECK_UNCHECKED = 0.05
@@ -93,10 +93,28 @@ class Outbox:
 
     messages: dict[str, torch.Tensor]
     """Message kind -> ``[n_local, ...]`` (one row per hosted user, in ``comm.local_users`` order), in
-    :data:`~trustlora.guard.MESSAGES` order: what a transport sends; attackers' rows are their lies."""
+    :data:`~trustlora.guard.MESSAGES` order, then the strategy's own kinds: what a transport sends; attackers' rows
+    are their lies."""
     own_delta: torch.Tensor
     """``[n_local, P]``: the hosted users' honest updates (after - before), the receiving-side norm bound's and
     ``faults.update_check=align``'s reference."""
+
+
+@dataclass
+class PublishContext:
+    """What a strategy's own ``publish(ctx)`` may read to build its messages (kinds it declares in ``messages``)."""
+
+    stack: MultiLoRA
+    """The hosted users' stacked adapters on the frozen base (loaded: what each user claims after the round)."""
+    data: LocalData
+    cfg: Config
+    users: list[int]
+    """Global ids of the hosted users (row order of every message)."""
+    before: torch.Tensor
+    """[n_local, P] adapters before the round."""
+    after: torch.Tensor
+    """[n_local, P] adapters the users publish after the round."""
+    round: int
 
 
 class Rounds:
@@ -367,13 +385,28 @@ class Rounds:
             for kind, t in (("topk_values", v), ("topk_indices", i)):
                 if kind in kinds:
                     local[kind] = t
-        return Outbox(messages={k: local[k] for k in MESSAGES if k in local}, own_delta=own_delta)
+        custom = custom_messages(self.strategy)
+        if custom:  # the strategy's own kinds: built by its publish(ctx), gathered after the built-in ones
+            ctx = PublishContext(self.mm, self.data, self.cfg, list(self.users), before, pub_after, r)
+            if lying:
+                self.mm.set_flat(pub_after)
+            own = self.strategy.publish(ctx)
+            if lying:
+                self.mm.set_flat(after)
+            if set(own) != set(custom):
+                raise ValueError(
+                    f"strategy '{self.strategy.name}': publish() returned kinds {sorted(own)}, "
+                    f"it declares {sorted(custom)}"
+                )
+            local.update({k: own[k] for k in sorted(custom)})
+        order = [k for k in MESSAGES if k in local] + sorted(custom)
+        return Outbox(messages={k: local[k] for k in order}, own_delta=own_delta)
 
     def gather(self, outbox: Outbox) -> dict[str, torch.Tensor]:
-        """Every user's messages: one all-gather per kind, in :data:`~trustlora.guard.MESSAGES` order (the same on
-        every process); kind -> ``[N, ...]``. The only call that crosses the network (bytes counted per kind by the
-        communicator)."""
-        return {k: self.comm.all_gather(outbox.messages[k], k) for k in MESSAGES if k in outbox.messages}
+        """Every user's messages: one all-gather per kind, in the outbox's order (:data:`~trustlora.guard.MESSAGES`
+        order, then the strategy's own kinds sorted: the same on every process); kind -> ``[N, ...]``. The only call
+        that crosses the network (bytes counted per kind by the communicator)."""
+        return {k: self.comm.all_gather(t, k) for k, t in outbox.messages.items()}
 
     def consume(
         self, gathered: dict[str, torch.Tensor], outbox: Outbox, before: torch.Tensor, after: torch.Tensor, r: int = 0
@@ -392,7 +425,7 @@ class Rounds:
             raise ValueError(
                 f"gathered message kinds {sorted(gathered)} differ from those published {sorted(outbox.messages)}"
             )
-        msgs = {k: gathered[k] for k in MESSAGES if k in gathered}  # the table's order: the order of the checks
+        msgs = {k: gathered[k] for k in outbox.messages}  # the outbox's order: the order of the checks
         if "theta0" in msgs:  # the starting point: cached for the whole run, not a message of this round
             self._reference["theta0"] = msgs.pop("theta0").cpu()
         if "theta" in msgs:
@@ -408,7 +441,7 @@ class Rounds:
             msgs,
             self.users,
             n,
-            expected_messages(msgs, self._shapes_of(after)),
+            expected_messages(msgs, self._shapes_of(after), custom_messages(strat)),
             own_delta=own_delta.cpu(),
             max_norm_ratio=self.cfg.faults.max_norm_ratio,
             vocab=self.vocab,
@@ -426,6 +459,8 @@ class Rounds:
         inp.topk_values, inp.topk_indices = msgs.get("topk_values"), msgs.get("topk_indices")
         if "delta" in needs:
             inp.extra["delta"] = msgs["delta"].cpu()
+        for kind in custom_messages(strat):  # the strategy's own kinds, checked like any message
+            inp.extra[kind] = msgs[kind].cpu()
         if "val_cross" in needs and "theta" in needs:
             self.progress("trust: peers on val")
             inp.val_losses = self._val_cross(msgs["theta"])

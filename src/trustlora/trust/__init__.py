@@ -134,8 +134,23 @@ def register(strategy: Strategy) -> Strategy:
         clash = sorted(set(_field_types(cls)) & taken)
         if clash:
             raise ValueError(f"trust strategy '{strategy.name}': option names {clash} are taken")
+    from trustlora.guard import MESSAGES
+
+    taken = sorted(set(custom_messages(strategy)) & set(MESSAGES))
+    if taken:
+        raise ValueError(f"trust strategy '{strategy.name}': message kinds {taken} are built in")
+    if custom_messages(strategy) and not callable(getattr(strategy, "publish", None)):
+        raise ValueError(f"trust strategy '{strategy.name}': declares messages but has no publish(ctx)")
     _REGISTRY[strategy.name] = strategy
     return strategy
+
+
+def custom_messages(strategy) -> dict:
+    """A strategy's own message kinds: its ``messages`` table (kind -> ``sizes -> (shape, dtype)`` of one sender's
+    slice, like :data:`trustlora.guard.MESSAGES`), built each round by its ``publish(ctx)`` ->
+    ``{kind: [n_local, ...]}`` (:class:`trustlora.protocol.PublishContext`); every process all-gathers them and checks
+    them at the receiving side like the built-in kinds; ``trust`` reads them as ``inputs.extra[kind]``."""
+    return dict(getattr(strategy, "messages", None) or {})
 
 
 def options_class(name: str) -> type | None:
