@@ -272,3 +272,18 @@ def test_copying_free_rider_earns_nothing(tiny_overrides, tmp_path, duplicates):
         else:
             assert r["duplicates"] == [] and float(w[1, 2]) > 0.0
     assert (s["attack"]["trust_mass_on_attackers"] == 0.0) == (duplicates == "drop")
+
+
+def test_dropped_updates_counts_honest_receivers_only(tmp_path):
+    from trustlora.robustness import dropped_updates
+
+    m = tmp_path / "metrics.jsonl"
+    recs = [
+        {"kind": "train"},
+        {"kind": "trust", "harmful": [[1, 0], [2, 0], [0, 1], [1, 2]]},  # attacker 0 as receiver: not counted
+        {"kind": "trust", "harmful": [[3, 0]]},
+    ]
+    m.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert dropped_updates(m, [0]) == {"dropped_from_attackers": 3, "dropped_from_honest": 1}
+    m.write_text(json.dumps({"kind": "trust"}) + "\n")  # a run from before the checks
+    assert dropped_updates(m, [0]) == {"dropped_from_attackers": None, "dropped_from_honest": None}

@@ -19,7 +19,7 @@ import numpy as np
 
 from trustlora.attacks import KINDS, REFERENCE_KINDS
 from trustlora.config import ConfigError, load_config, parse_override
-from trustlora.rundir import load_summary
+from trustlora.rundir import load_metrics, load_summary
 
 DEFAULT_STRATEGIES = ["fedavg", "median", "trimmed_mean", "krum", "weights", "validation", "predictions", "oracle"]
 
@@ -73,6 +73,7 @@ def collect(out: Path) -> list[dict]:
             "change_vs_absent": None,
             "trust_mass_on_attackers": atk.get("trust_mass_on_attackers"),
             "rejected_messages": atk.get("rejected_messages"),
+            **dropped_updates(summ.parent / "metrics.jsonl", atk.get("users") or []),
         }
         for ref, key, change in (
             ("clean", "clean_honest_mean_test_ppl", "change"),
@@ -86,6 +87,21 @@ def collect(out: Path) -> list[dict]:
                     row[change] = row["honest_mean_test_ppl"] / row[key] - 1.0
         rows.append(row)
     return rows
+
+
+def dropped_updates(metrics: Path, attackers: list[int]) -> dict[str, int | None]:
+    """Updates honest receivers dropped by ``faults.update_check`` / ``faults.duplicates`` over the run (the
+    ``harmful`` pairs of the trust records): from attackers (the defence working) and from honest peers (its cost).
+    None where the run's records carry no such field (runs of versions before the check)."""
+    recs = [r for r in load_metrics(metrics) if r.get("kind") == "trust"] if metrics.is_file() else []
+    if not recs or any("harmful" not in r for r in recs):
+        return {"dropped_from_attackers": None, "dropped_from_honest": None}
+    bad = set(attackers)
+    pairs = [(i, j) for r in recs for i, j in r["harmful"] if i not in bad]
+    return {
+        "dropped_from_attackers": sum(j in bad for _, j in pairs),
+        "dropped_from_honest": sum(j not in bad for _, j in pairs),
+    }
 
 
 def write_robustness_table(out: Path) -> dict[str, Path]:
@@ -116,6 +132,9 @@ def write_robustness_table(out: Path) -> dict[str, Path]:
             pct(r["change_vs_absent"]),
             pct(r["trust_mass_on_attackers"], sign=""),
             f(r["rejected_messages"], "d"),
+            DASH
+            if r["dropped_from_attackers"] is None
+            else f"{r['dropped_from_attackers']} / {r['dropped_from_honest']}",
         ]
         for r in rows
     ]
@@ -129,12 +148,15 @@ def write_robustness_table(out: Path) -> dict[str, Path]:
         "vs w/o",
         "trust on attackers",
         "rejected msgs",
+        "dropped updates (atk / honest)",
     ]
     md = (
         "# Robustness to attackers\n\nHonest users' mean final test perplexity under each attack; the same users' "
         "mean in the run where the attacking users behave honestly (clean) and in the run where they never take part "
         "(w/o attackers: what a perfect defence leaves); same strategy, data and seed. Trust on attackers: the trust "
-        "mass honest users give to attackers in the final W (global aggregators: their bookkeeping W).\n\n"
+        "mass honest users give to attackers in the final W (global aggregators: their bookkeeping W). Dropped "
+        "updates: [receiver, sender] pairs honest receivers left out over the run by the update and duplicate "
+        "checks (from attackers: the defence working; from honest peers: its cost).\n\n"
         + format_table(header, table)
         + "\n"
     )
