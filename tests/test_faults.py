@@ -81,7 +81,10 @@ def test_poison_updates_kinds():
     assert torch.equal(poison_updates("scale", d, [1], [0, 2], g)[1], d[1] * 10)
     assert torch.equal(poison_updates("sign_flip", d, [1], [0, 2], g)[1], -d[1])
     assert torch.equal(poison_updates("zero", d, [1], [0, 2], g)[1], torch.zeros(P))
-    assert torch.equal(poison_updates("copy", d, [1], [0, 2], g)[1], d[0])
+    assert torch.equal(poison_updates("copy_now", d, [1], [0, 2], g)[1], d[0])
+    prev = torch.randn(3, P, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(poison_updates("copy", d, [1], [0, 2], g, prev)[1], prev[0])  # last round's update
+    assert torch.equal(poison_updates("copy", d, [1], [0, 2], g)[1], torch.zeros(P))  # nothing to copy yet
     assert torch.isnan(poison_updates("nan", d, [1], [0, 2], g)[1]).all()
     noise = poison_updates("noise", d, [1], [0, 2], g)
     assert math.isclose(float(noise[1].norm()), float(d[1].norm()), rel_tol=1e-5) and torch.equal(noise[0], d[0])
@@ -241,37 +244,46 @@ def test_duplicate_senders_finds_copies_only():
     assert duplicate_senders(d, [0]) == ([], None)
 
 
-@pytest.mark.parametrize("duplicates", ["drop", "keep"])
-def test_copying_free_rider_earns_nothing(tiny_overrides, tmp_path, duplicates):
-    """attack.kind=copy: user 2 resends user 0's update. With faults.duplicates=drop neither copy counts for the others
-    (the original cannot be told apart), each keeps its own; with keep the copier is weighed like anyone. (Trust
-    strategies only, like the update check; the update check is off here so that only the duplicates act.)"""
+@pytest.mark.parametrize(
+    ("kind", "duplicates"), [("copy", "drop"), ("copy_now", "drop"), ("copy", "keep"), ("copy_now", "keep")]
+)
+def test_copying_free_rider_earns_nothing(tiny_overrides, tmp_path, kind, duplicates):
+    """User 2 resends user 0's update: last round's (copy) or this round's (copy_now). With faults.duplicates=drop a
+    replay is recognised as one and only its sender is dropped; copies within a round count for nobody (the original
+    cannot be told apart), each receiver keeping its own; with keep the copier is weighed like anyone. (Trust
+    strategies only, like the update check; the update check is off so that only the duplicate check acts.)"""
     _, recs, s = _run(
         tiny_overrides,
         tmp_path,
-        f"copy-{duplicates}",
+        f"{kind}-{duplicates}",
         [
             "strategy=weights",
             "attack.users=2",
-            "attack.kind=copy",
+            f"attack.kind={kind}",
             "faults.update_check=none",
             f"faults.duplicates={duplicates}",
         ],
     )
     trust = [r for r in recs if r["kind"] == "trust"]
-    assert trust
-    for r in trust:
+    assert len(trust) >= 2
+    for k, r in enumerate(trust):
         w = torch.tensor(r["W"])
         torch.testing.assert_close(w.sum(1), torch.ones(3, dtype=w.dtype))
-        assert r["max_peer_cos"] == pytest.approx(1.0, abs=1e-5)
-        if duplicates == "drop":
-            assert r["duplicates"] == [0, 2]
+        if duplicates == "keep":
+            assert r["duplicates"] == [] and (k == 0 or float(w[1, 2]) > 0.0)
+        elif kind == "copy_now":
+            assert r["max_peer_cos"] == pytest.approx(1.0, abs=1e-5) and r["duplicates"] == [0, 2]
             assert float(w[1, 0]) == 0.0 and float(w[1, 2]) == 0.0 and float(w[1, 1]) == 1.0
             assert float(w[0, 2]) == 0.0 and float(w[0, 0]) > 0.0
             assert [1, 0] in r["harmful"] and [1, 2] in r["harmful"]
-        else:
-            assert r["duplicates"] == [] and float(w[1, 2]) > 0.0
-    assert (s["attack"]["trust_mass_on_attackers"] == 0.0) == (duplicates == "drop")
+        elif k == 0:  # copy, first round: nothing to copy yet, the copier sends a zero update (nobody's copy)
+            assert r["duplicates"] == []
+        else:  # copy: a replay of last round's update, its sender identified; the original's update counts
+            assert r["duplicates"] == [2] and r["max_peer_cos"] < 0.99
+            assert float(w[1, 2]) == 0.0 and float(w[0, 2]) == 0.0 and float(w[1, 0]) > 0.0
+            assert r["harmful"] == [[0, 2], [1, 2]]
+    final_on_copier = s["attack"]["trust_mass_on_attackers"]
+    assert (final_on_copier == 0.0) == (duplicates == "drop")
 
 
 def test_dropped_updates_counts_honest_receivers_only(tmp_path):

@@ -7,7 +7,11 @@ Kinds (each seeded by (seed, round), recorded in the run directory):
 
 * ``noise``: a random update with the norm of the attacker's honest one;   ``scale``: the honest update x10;
 * ``sign_flip``: minus the honest update;   ``zero``: a free rider sending nothing (a zero update);
-* ``copy``: a free rider resending an honest peer's update (the first honest user it hosts, else its own);
+* ``copy``: a free rider resending the update an honest peer published in the previous round (the first honest user
+  it hosts; in an exchange where everyone sends at once, last round's updates are the only ones a free rider has
+  seen); in its first round, with nothing to copy yet, it sends nothing (a zero update). ``copy_now``: the same
+  within the round (a copy of the peer's current update: possible only where a free rider can wait for the others'
+  messages, e.g. behind a relay);
 * ``nan``: an update full of NaN;   ``garbage_data``: trains on its own tokens shuffled (data poisoning; every
   message is the honest output of that model);
 * ``fake_topk``: fabricated top-k predictions on X_S (random token ids, random probabilities) together with a
@@ -25,11 +29,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-KINDS = ("noise", "scale", "sign_flip", "zero", "copy", "nan", "garbage_data", "fake_topk")
+KINDS = ("noise", "scale", "sign_flip", "zero", "copy", "copy_now", "nan", "garbage_data", "fake_topk")
 REFERENCE_KINDS = ("absent",)
 """Not an attack: ``absent`` = the listed users never take part (every round absent, nothing sent): what a perfect
 defence would leave, the reference that separates the harm of an attack from the loss of those users' help."""
-UPDATE_KINDS = ("noise", "scale", "sign_flip", "zero", "copy", "nan", "fake_topk")
+UPDATE_KINDS = ("noise", "scale", "sign_flip", "zero", "copy", "copy_now", "nan", "fake_topk")
 """Kinds that replace the attacker's update (garbage_data poisons the training data instead)."""
 
 
@@ -38,8 +42,16 @@ def round_rng(seed: int, round_: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(ss.generate_state(1, np.uint64)[0] >> 1))
 
 
-def poison_updates(kind: str, delta: torch.Tensor, attackers: list[int], honest: list[int], g: torch.Generator):
-    """delta [n_local, P] -> what every local slot publishes; rows ``attackers`` (local slot indices) lie."""
+def poison_updates(
+    kind: str,
+    delta: torch.Tensor,
+    attackers: list[int],
+    honest: list[int],
+    g: torch.Generator,
+    previous: torch.Tensor | None = None,
+):
+    """delta [n_local, P] -> what every local slot publishes; rows ``attackers`` (local slot indices) lie.
+    ``previous`` [n_local, P]: what the slots published the round before (None in a first round; ``copy``)."""
     out = delta.clone()
     for a in attackers:
         d = delta[a]
@@ -52,8 +64,10 @@ def poison_updates(kind: str, delta: torch.Tensor, attackers: list[int], honest:
             out[a] = -d
         elif kind == "zero":
             out[a] = 0.0
-        elif kind == "copy":
+        elif kind == "copy_now":
             out[a] = delta[honest[0]] if honest else d
+        elif kind == "copy":
+            out[a] = previous[honest[0]].to(d) if honest and previous is not None else 0.0
         elif kind == "nan":
             out[a] = float("nan")
     return out

@@ -190,25 +190,40 @@ def aligned_updates(deltas: torch.Tensor, own: torch.Tensor, rows: list[int]) ->
 
 
 DUPLICATE_COS = 0.99
-"""``faults.duplicates=drop``: two senders whose updates have a cosine at least this are copies of one another. Honest
-users train on their own data with their own dropout and batch order: in clean runs the largest cosine between two
-users' updates was far below (``max_peer_cos`` in every trust record; README 'Faulty and lying peers')."""
+"""``faults.duplicates=drop``: two updates with a cosine at least this are copies of one another. Honest users train
+on their own data with their own dropout and batch order: in clean runs the largest cosine between two users' updates
+stayed far below (``max_peer_cos`` in every trust record; README 'Faulty and lying peers')."""
 
 
-def duplicate_senders(deltas: torch.Tensor, senders: list[int]) -> tuple[list[int], float | None]:
-    """``faults.duplicates=drop``: among ``senders`` (global ids; rows of ``deltas`` [N, P]), those whose update is a
-    copy of another's (cosine >= :data:`DUPLICATE_COS`; an empty update is nobody's copy), and the largest cosine
-    between two distinct senders' updates (None for fewer than two). The receiver cannot tell the original from its
-    copies (they arrive in the same round), so every member of a group of copies is returned: an update counts once
-    or not at all, and a free rider resending someone's update earns nothing with it (FoolsGold's premise: sybils'
-    updates are more alike than honest users')."""
-    if len(senders) < 2:
+def _cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """[len(a), len(b)] cosines of the rows; -1 wherever a row is empty (an empty update is nobody's copy)."""
+    a, b = a.float(), b.float()
+    na, nb = a.norm(dim=1), b.norm(dim=1)
+    cos = (a @ b.T) / (na.view(-1, 1) * nb.view(1, -1)).clamp_min(1e-30)
+    cos[na == 0] = -1.0
+    cos[:, nb == 0] = -1.0
+    return cos
+
+
+def duplicate_senders(
+    deltas: torch.Tensor, senders: list[int], previous: torch.Tensor | None = None
+) -> tuple[list[int], float | None]:
+    """``faults.duplicates=drop``: among ``senders`` (global ids; rows of ``deltas`` [N, P]), those whose update is
+    a copy (cosine >= :data:`DUPLICATE_COS`) of an update that arrived the round before (``previous`` [N, P], any
+    sender: a replay, whose sender is identified) or of another sender's this round (every member of such a group: the
+    receiver cannot tell the original from its copies). Also returns the largest cosine between two distinct senders'
+    updates this round (None for fewer than two). An update counts once or not at all, and a free rider resending
+    someone's update earns nothing with it (FoolsGold's premise: sybils' updates are more alike than honest users')."""
+    if not senders:
         return [], None
-    d = deltas[senders].float()
-    norms = d.norm(dim=1)
-    cos = (d @ d.T) / (norms.view(-1, 1) * norms.view(1, -1)).clamp_min(1e-30)
-    cos.fill_diagonal_(-1.0)
-    cos[norms == 0] = -1.0
-    cos[:, norms == 0] = -1.0
-    dup = (cos >= DUPLICATE_COS).any(dim=1)
-    return [senders[k] for k in dup.nonzero().view(-1).tolist()], float(cos.max())
+    d = deltas[senders]
+    dup = torch.zeros(len(senders), dtype=torch.bool)
+    top = None
+    if len(senders) > 1:
+        cos = _cosines(d, d)
+        cos.fill_diagonal_(-1.0)
+        dup |= (cos >= DUPLICATE_COS).any(dim=1)
+        top = float(cos.max())
+    if previous is not None:
+        dup |= (_cosines(d, previous) >= DUPLICATE_COS).any(dim=1)
+    return [senders[k] for k in dup.nonzero().view(-1).tolist()], top

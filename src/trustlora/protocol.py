@@ -150,6 +150,10 @@ class Rounds:
         self.theta0_local = mm.get_flat().detach().clone() if self.needs_reference else None
         self._reference: dict[str, torch.Tensor] = {}
         self._positions: int | None = None  # real token positions of X_S's windows (top-k message shapes)
+        # previous round's updates: what this process's slots published (attack 'copy' resends one) and what arrived
+        # (faults.duplicates: a replay of one of them is nobody's new work); kept in memory, not in checkpoints
+        self._published_delta: torch.Tensor | None = None
+        self._received_delta: torch.Tensor | None = None
 
     # ---- evaluation ---------------------------------------------------------------------------
     def evaluate(
@@ -363,7 +367,9 @@ class Rounds:
         own_delta = after - before
         pub_delta = own_delta  # what each hosted user publishes (attackers: a consistent lie)
         if lying:
-            pub_delta = poison_updates(atk.kind, pub_delta, self.attack_slots, self.honest_slots, g)
+            prev = self._published_delta
+            pub_delta = poison_updates(atk.kind, pub_delta, self.attack_slots, self.honest_slots, g, prev)
+        self._published_delta = pub_delta.detach().clone() if lying and atk.kind == "copy" else None
         pub_after = before + pub_delta if lying else after
         local: dict[str, torch.Tensor] = {}
         if self.needs_reference and "theta0" in getattr(self.strategy, "reference", ()):
@@ -501,7 +507,9 @@ class Rounds:
                 self.progress("trust: checking updates on val")
                 keep = self._update_check(before, msgs["delta"], w)
             senders = [j for j in range(n) if bool(verdict.accept[:, j].any()) and bool(present[j])]
-            copies, max_peer_cos = duplicate_senders(msgs["delta"].cpu(), senders)  # max_peer_cos: recorded anyway
+            deltas = msgs["delta"].cpu()
+            copies, max_peer_cos = duplicate_senders(deltas, senders, self._received_delta)  # max_peer_cos: recorded
+            self._received_delta = deltas.clone() if dups == "drop" else None
             if dups == "drop" and copies:  # copies of one update: none of them counts (the original is not knowable)
                 duplicates = copies
                 keep[:, duplicates] = False
