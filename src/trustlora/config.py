@@ -381,10 +381,10 @@ class FaultsConfig:
     update in clean runs on LibreOffice (validation, predictions) and BBC News (validation): identical numbers."""
 
     duplicates: str = "drop"
-    """Where ``update_check`` applies: 'drop' (default) ignores, for the round, every sender whose update is a copy of
-    another sender's (cosine >= 0.99, src/trustlora/guard.py): free riders resending an honest peer's update, and the
-    peer they copy, since a receiver cannot tell the original from its copies; recorded as ``duplicates`` (and the
-    pairs as ``harmful``) in the trust record. 'keep': no such check."""
+    """Where ``update_check`` applies: 'drop' (default) ignores, for the round, every sender whose update is a copy
+    (cosine >= 0.99, src/trustlora/guard.py) of an update received the round before (a replay: its sender alone) or
+    of another sender's this round (the whole group: a receiver cannot tell the original from its copies); recorded
+    as ``duplicates`` (and the pairs as ``harmful``) in the trust record. 'keep': no such check."""
 
     def validate(self) -> None:
         _check(self.duplicates in ("drop", "keep"), "faults.duplicates", "'drop' or 'keep'", self.duplicates)
