@@ -299,3 +299,16 @@ def test_dropped_updates_counts_honest_receivers_only(tmp_path):
     assert dropped_updates(m, [0]) == {"dropped_from_attackers": 3, "dropped_from_honest": 1}
     m.write_text(json.dumps({"kind": "trust"}) + "\n")  # a run from before the checks
     assert dropped_updates(m, [0]) == {"dropped_from_attackers": None, "dropped_from_honest": None}
+
+
+@pytest.mark.parametrize("strategy", ["weights", "validation", "predictions"])
+def test_an_update_dropped_by_the_checks_moves_no_honest_score(tiny_overrides, tmp_path, strategy):
+    """A zero-update attacker is dropped by the alignment check before trust is computed, so honest users end exactly
+    where they end when it never takes part (attack.kind=absent): its published model or predictions do not shift
+    anyone's calibration (the closest peer, the unit)."""
+    common = [f"strategy={strategy}", "attack.users=2"]
+    _, recs, zero = _run(tiny_overrides, tmp_path, f"zero-{strategy}", [*common, "attack.kind=zero"])
+    _, _, absent = _run(tiny_overrides, tmp_path, f"absent-{strategy}", [*common, "attack.kind=absent"])
+    assert all([0, 2] in r["harmful"] and [1, 2] in r["harmful"] for r in recs if r["kind"] == "trust")
+    assert zero["final_test_ppl"][:2] == absent["final_test_ppl"][:2]
+    assert torch.equal(torch.tensor(zero["final_W"])[:2], torch.tensor(absent["final_W"])[:2])

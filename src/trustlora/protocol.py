@@ -275,6 +275,27 @@ class Rounds:
         )
         return losses if cands is None else losses[:k]
 
+    def _delta_checks(
+        self, deltas: torch.Tensor, own_delta: torch.Tensor, present: torch.Tensor, verdict
+    ) -> tuple[torch.Tensor, list[int], float | None]:
+        """The checks that read only the updates: ``faults.update_check=align`` and ``faults.duplicates=drop``.
+
+        Returns ([n_local, N] bool keep, senders dropped as copies, the largest cosine between two senders' updates
+        this round (recorded whatever the settings)). Remembers this round's updates for next round's replay test."""
+        n = self.comm.n_users
+        keep = torch.ones(len(self.users), n, dtype=torch.bool)
+        if self.cfg.faults.update_check == "align":
+            keep = aligned_updates(deltas, own_delta, self.users)
+        senders = [j for j in range(n) if bool(verdict.accept[:, j].any()) and bool(present[j])]
+        drop = self.cfg.faults.duplicates == "drop"
+        copies, max_peer_cos = duplicate_senders(deltas, senders, self._received_delta if drop else None)
+        self._received_delta = deltas.clone() if drop else None
+        if not drop:
+            return keep, [], max_peer_cos
+        keep[:, copies] = False  # copies of one update: none of them counts (the original is not knowable)
+        keep[torch.arange(len(self.users)), torch.tensor(self.users)] = True  # a receiver keeps its own
+        return keep, copies, max_peer_cos
+
     def _update_check(self, before: torch.Tensor, deltas: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """[n_local, N] bool: False where peer j's update does not lower local user i's val loss.
 
@@ -459,6 +480,24 @@ class Rounds:
         if tc.topology != "full":  # scores outside the graph are dropped before normalising
             accept &= neighbour_mask(n, tc.topology)[self.users]
         accept[torch.arange(len(self.users)), torch.tensor(self.users)] = True
+        # missed the round, or an attacker: keeps its own locally trained model (row = itself)
+        alone = [a for a, u in enumerate(self.users) if not present[u] or a in self.attack_slots]
+        check = self.cfg.faults.update_check
+        checked = (
+            getattr(strat, "update_check", False)
+            and applying
+            and tc.mode == "update"
+            and getattr(strat, "aggregate", None) is None
+        )
+        harmful: list[list[int]] = []
+        duplicates: list[int] = []
+        max_peer_cos = None
+        if checked:  # checks of the updates alone (align, duplicates): before trust, so dropped peers move no score
+            keep, duplicates, max_peer_cos = self._delta_checks(msgs["delta"].cpu(), own_delta.cpu(), present, verdict)
+            keep[alone] = True  # rows that do not aggregate are not checked
+            keep |= ~accept.to(keep.device)  # senders already out (rejected, absent, off the graph) are not news
+            harmful = [[self.users[a], j] for a, j in (~keep).nonzero().tolist()]
+            accept &= keep
         if not bool(accept.all()):
             inp.mask = accept
         inp.theta = msgs.get("theta")
@@ -488,37 +527,13 @@ class Rounds:
             inp.val_before_losses = torch.tensor(loss, dtype=torch.float64)
         w, scores = strat.trust(inp, tc)
         w = restrict_to(w, accept, self.users)
-        # missed the round, or an attacker: keeps its own locally trained model (row = itself)
-        alone = [a for a, u in enumerate(self.users) if not present[u] or a in self.attack_slots]
-        harmful: list[list[int]] = []
-        duplicates: list[int] = []
-        max_peer_cos = None
-        check, dups = self.cfg.faults.update_check, self.cfg.faults.duplicates
-        if (
-            getattr(strat, "update_check", False)
-            and applying
-            and tc.mode == "update"
-            and getattr(strat, "aggregate", None) is None
-        ):
-            keep = torch.ones(len(self.users), n, dtype=torch.bool)
-            if check == "align":
-                keep = aligned_updates(msgs["delta"].cpu(), own_delta.cpu(), self.users)
-            elif check == "loss":
-                self.progress("trust: checking updates on val")
-                keep = self._update_check(before, msgs["delta"], w)
-            senders = [j for j in range(n) if bool(verdict.accept[:, j].any()) and bool(present[j])]
-            deltas = msgs["delta"].cpu()
-            copies, max_peer_cos = duplicate_senders(deltas, senders, self._received_delta)  # max_peer_cos: recorded
-            self._received_delta = deltas.clone() if dups == "drop" else None
-            if dups == "drop" and copies:  # copies of one update: none of them counts (the original is not knowable)
-                duplicates = copies
-                keep[:, duplicates] = False
-                keep[torch.arange(len(self.users)), torch.tensor(self.users)] = True  # a receiver keeps its own
-            keep[alone] = True  # rows that do not aggregate are not checked
-            keep |= ~accept.to(keep.device)  # senders already out (rejected, absent, off the graph) are not news
-            harmful = [[self.users[a], j] for a, j in (~keep).nonzero().tolist()]
-            if check != "none" or harmful:
-                w = restrict_to(w, keep, self.users)
+        if checked and check == "loss":  # needs W (heaviest peers first): after trust
+            self.progress("trust: checking updates on val")
+            keep = self._update_check(before, msgs["delta"], w)
+            keep[alone] = True
+            keep |= ~accept.to(keep.device)
+            harmful += [[self.users[a], j] for a, j in (~keep).nonzero().tolist()]
+            w = restrict_to(w, keep, self.users)
         for a in alone:
             w[a] = 0.0
             w[a, self.users[a]] = 1.0
