@@ -63,13 +63,15 @@ class UserStack(Protocol):
 
 class StackBase(nn.Module):
     """What both stacks set up alike: the frozen base ``model``, the hosted slots' global user ids and the run's
-    number of users (``user_ids`` default ``0..n_users-1``; ``n_total`` default their max + 1)."""
+    number of users (``user_ids`` default ``0..n_users-1``; ``n_total`` default their max + 1); then the subclass'
+    ``_build()`` (its trainable tensors) and ``reset_adapters(seed)``."""
 
     def __init__(
         self,
         model: nn.Module,
         n_users: int,
         cfg: LoraConfig,
+        seed: int = 0,
         user_ids: list[int] | None = None,
         n_total: int | None = None,
     ):
@@ -82,6 +84,15 @@ class StackBase(nn.Module):
         for p in model.parameters():
             p.requires_grad_(False)
         self.positions = 0  # token positions run through the model so far (all slots; for FLOP accounting)
+        self._build()
+        self.reset_adapters(seed)
+
+    def _build(self) -> None:
+        """Create the stack's trainable tensors (called once, from ``__init__``)."""
+        raise NotImplementedError
+
+    def reset_adapters(self, seed: int = 0) -> None:
+        raise NotImplementedError
 
 
 def build_stack(model: nn.Module, n_users: int, cfg: LoraConfig, **kw) -> UserStack:

@@ -34,24 +34,15 @@ def is_full(cfg: LoraConfig) -> bool:
 class MultiFull(StackBase):
     """Stacked copies of every parameter of ``model`` (the model itself stays frozen as the base)."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        n_users: int,
-        cfg: LoraConfig,
-        seed: int = 0,
-        user_ids: list[int] | None = None,
-        n_total: int | None = None,
-    ):
-        super().__init__(model, n_users, cfg, user_ids, n_total)
+    def _build(self) -> None:
+        model = self.model
         self.names = [name for name, _ in model.named_parameters()]  # tied weights appear once
         self.stacked = nn.ParameterList(
-            nn.Parameter(torch.empty(n_users, *p.shape, dtype=torch.float32, device=p.device))
+            nn.Parameter(torch.empty(self.n_users, *p.shape, dtype=torch.float32, device=p.device))
             for _, p in model.named_parameters()
         )
         self.target_names = ["full"]
         self._enabled = True
-        self.reset_adapters(seed)
 
     @property
     def device(self) -> torch.device:

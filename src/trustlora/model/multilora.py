@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trustlora.cache import atomic_write_bytes, atomic_write_text
-from trustlora.config import ConfigError, LoraConfig
+from trustlora.config import ConfigError
 from trustlora.model import StackBase
 
 _ATTN_HINTS = ("attn", "attention")
@@ -270,17 +270,9 @@ class MultiLoRA(StackBase):
     chunked_head = True
     """Compute loss and top-k through :attr:`lm_head` in chunks (False: from full logits; benchmarks compare both)."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        n_users: int,
-        cfg: LoraConfig,
-        seed: int = 0,
-        user_ids: list[int] | None = None,
-        n_total: int | None = None,
-    ):
-        super().__init__(model, n_users, cfg, user_ids, n_total)
-        self._shared = _Shared(n_users, cfg.dropout)
+    def _build(self) -> None:
+        model, cfg = self.model, self.cfg
+        self._shared = _Shared(self.n_users, cfg.dropout)
         self.target_names = find_targets(model, cfg.targets)
         self.layers: dict[str, MultiLoRALinear] = {}
         for name in self.target_names:
@@ -289,7 +281,6 @@ class MultiLoRA(StackBase):
             wrapped = MultiLoRALinear(getattr(parent, child), self._shared, cfg.r, cfg.alpha)
             setattr(parent, child, wrapped)
             self.layers[name] = wrapped
-        self.reset_adapters(seed)
 
     @property
     def device(self) -> torch.device:
