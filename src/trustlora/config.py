@@ -267,7 +267,7 @@ class TrustConfig:
         from trustlora.trust import names, option_types, options_class
 
         out: dict[str, Any] = {name: tp for name, (_, tp) in option_types().items()}
-        out.update({s: options_class(s) for s in names() if options_class(s) is not None})
+        out.update({s: cls for s in names() if (cls := options_class(s)) is not None})
         return out
 
     def __getattr__(self, name: str) -> Any:  # only called when normal lookup fails: a strategy's option

@@ -27,6 +27,7 @@ however they travelled), checks them (:func:`trustlora.guard.check_messages`), c
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -296,6 +297,14 @@ class Rounds:
         keep[torch.arange(len(self.users)), torch.tensor(self.users)] = True  # a receiver keeps its own
         return keep, copies, max_peer_cos
 
+    def _dropped(self, keep: torch.Tensor, accept: torch.Tensor, alone: list[int]) -> list[list[int]]:
+        """Settle a check's ``keep`` [n_local, N] in place: rows that do not aggregate (``alone``) are not checked and
+        senders already out (``~accept``: rejected, absent, off the graph, dropped by an earlier check) are not news.
+        Returns the [receiver, sender] pairs it drops (the trust record's ``harmful``)."""
+        keep[alone] = True
+        keep |= ~accept.to(keep.device)
+        return [[self.users[a], j] for a, j in (~keep).nonzero().tolist()]
+
     def _update_check(self, before: torch.Tensor, deltas: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """[n_local, N] bool: False where peer j's update does not lower local user i's val loss.
 
@@ -373,6 +382,18 @@ class Rounds:
             present[list(self.cfg.attack.users)] = False
         return present
 
+    @contextlib.contextmanager
+    def _claimed(self, claimed: torch.Tensor, after: torch.Tensor, lying: bool):
+        """While inside, the slots hold the adapters the users claim (``claimed``) when some lie; ``after`` after."""
+        if not lying:
+            yield
+            return
+        self.mm.set_flat(claimed)
+        try:
+            yield
+        finally:
+            self.mm.set_flat(after)
+
     def publish(self, before: torch.Tensor, after: torch.Tensor, r: int = 0) -> Outbox:
         """This process's messages of round r (local only: nothing is sent): the kinds the strategy publishes
         (:func:`~trustlora.trust.published_kinds`), one row per hosted user, simulated attackers' lies included; plus
@@ -402,11 +423,8 @@ class Rounds:
             local["delta"] = pub_delta
         if "topk_values" in kinds or "topk_indices" in kinds:
             self.progress("trust: predictions on X_S")
-            if lying:
-                self.mm.set_flat(pub_after)  # attackers' predictions come from the model they claim
-            v, i = self._predictions_on_reference()
-            if lying:
-                self.mm.set_flat(after)
+            with self._claimed(pub_after, after, lying):  # attackers' predictions come from the model they claim
+                v, i = self._predictions_on_reference()
             if atk.kind == "fake_topk" and self.attack_slots:
                 v, i = fake_topk(v, i, self.attack_slots, self.vocab, tc.logit_space == "probs", g)
             for kind, t in (("topk_values", v), ("topk_indices", i)):
@@ -415,11 +433,8 @@ class Rounds:
         custom = custom_messages(self.strategy)
         if custom:  # the strategy's own kinds: built by its publish(ctx), gathered after the built-in ones
             ctx = PublishContext(self.mm, self.data, self.cfg, list(self.users), before, pub_after, r)
-            if lying:
-                self.mm.set_flat(pub_after)
-            own = self.strategy.publish(ctx)
-            if lying:
-                self.mm.set_flat(after)
+            with self._claimed(pub_after, after, lying):
+                own = self.strategy.publish(ctx)
             if set(own) != set(custom):
                 raise ValueError(
                     f"strategy '{self.strategy.name}': publish() returned kinds {sorted(own)}, "
@@ -494,9 +509,7 @@ class Rounds:
         max_peer_cos = None
         if checked:  # checks of the updates alone (align, duplicates): before trust, so dropped peers move no score
             keep, duplicates, max_peer_cos = self._delta_checks(msgs["delta"].cpu(), own_delta.cpu(), present, verdict)
-            keep[alone] = True  # rows that do not aggregate are not checked
-            keep |= ~accept.to(keep.device)  # senders already out (rejected, absent, off the graph) are not news
-            harmful = [[self.users[a], j] for a, j in (~keep).nonzero().tolist()]
+            harmful = self._dropped(keep, accept, alone)
             accept &= keep
         if not bool(accept.all()):
             inp.mask = accept
@@ -530,9 +543,7 @@ class Rounds:
         if checked and check == "loss":  # needs W (heaviest peers first): after trust
             self.progress("trust: checking updates on val")
             keep = self._update_check(before, msgs["delta"], w)
-            keep[alone] = True
-            keep |= ~accept.to(keep.device)
-            harmful += [[self.users[a], j] for a, j in (~keep).nonzero().tolist()]
+            harmful += self._dropped(keep, accept, alone)
             w = restrict_to(w, keep, self.users)
         for a in alone:
             w[a] = 0.0

@@ -158,14 +158,22 @@ def options_class(name: str) -> type | None:
     return getattr(get(name), "Options", None)
 
 
+_OPTION_TYPES: dict[tuple, dict[str, tuple[str, object]]] = {}
+"""option_types() per registry state (names and Options classes, in order): read on every ``cfg.trust.<option>``, so
+the type hints are evaluated once per registry state, not per read."""
+
+
 def option_types() -> dict[str, tuple[str, object]]:
     """Every registered strategy's options: option name -> (strategy name, type), in registry order."""
-    out: dict[str, tuple[str, object]] = {}
-    for name, strat in _REGISTRY.items():
-        cls = getattr(strat, "Options", None)
-        if cls is not None:
-            out.update({k: (name, tp) for k, tp in _field_types(cls).items()})
-    return out
+    key = tuple((name, getattr(strat, "Options", None)) for name, strat in _REGISTRY.items())
+    if key not in _OPTION_TYPES:
+        out: dict[str, tuple[str, object]] = {}
+        for name, strat in _REGISTRY.items():
+            cls = getattr(strat, "Options", None)
+            if cls is not None:
+                out.update({k: (name, tp) for k, tp in _field_types(cls).items()})
+        _OPTION_TYPES[key] = out
+    return _OPTION_TYPES[key]
 
 
 def names() -> list[str]:
