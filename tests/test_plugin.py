@@ -101,3 +101,59 @@ def test_plugin_strategy_with_its_own_message(tiny_overrides, tmp_path):
             torch.testing.assert_close(w.sum(1), torch.ones(3, dtype=w.dtype))
     finally:
         trust._REGISTRY.pop("norm_peers", None)
+
+
+class BestPeer:
+    """Toy strategy with local passes of its own: ``starting_point`` scores the frozen base model on each user's val
+    tokens once, ``prepare`` scores every peer's published model there (``ctx.val_cross``); W_i = one-hot on the best
+    model if it beats the base model, else on oneself."""
+
+    name = "best_peer"
+    needs: tuple[str, ...] = ("theta",)
+    exchanges = True
+    calls = {"starting_point": 0, "prepare": 0}
+
+    def needs_reference(self, cfg) -> bool:
+        return True
+
+    def starting_point(self, ctx):
+        self.calls["starting_point"] += 1
+        flat = ctx.stack.get_flat()
+        return {"val_base_losses": ctx.val_loss(torch.zeros_like(flat))}  # B = 0: every slot is the base model
+
+    def prepare(self, inp, ctx):
+        self.calls["prepare"] += 1
+        inp.val_losses = ctx.val_cross(inp.theta)
+
+    def trust(self, inp, cfg):
+        s = inp.val_losses.double()
+        w = torch.zeros_like(s)
+        for a, u in enumerate(inp.users):
+            best = int(s[a].argmin())
+            w[a, best if s[a, best] < inp.val_base_losses[a] else u] = 1.0
+        return w, s
+
+
+def test_plugin_strategy_with_local_passes(tiny_overrides, tmp_path):
+    """A plugin's starting_point / prepare get the round runner's val passes: its scores equal strategy
+    'validation''s (paper-style, scoring models) in round 1, where both runs have trained the same."""
+    from trustlora import trust
+
+    strat = trust.register(BestPeer())
+    try:
+        runs = {}
+        for name, extra in (("best_peer", []), ("validation", ["trust.scale=none", "trust.val_candidate=model"])):
+            out = tmp_path / name
+            assert main(["run", "--no-progress", f"strategy={name}", f"out={out}", *extra, *tiny_overrides]) == 0
+            recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+            runs[name] = [r for r in recs if r["kind"] == "trust"]
+        rounds = runs["best_peer"]
+        assert strat.calls == {"starting_point": 1, "prepare": len(rounds)} and len(rounds) >= 2
+        torch.testing.assert_close(torch.tensor(rounds[0]["scores"]), torch.tensor(runs["validation"][0]["scores"]))
+        for r in rounds:
+            w, s = torch.tensor(r["W"]), torch.tensor(r["scores"])
+            assert torch.equal(w.sum(1), torch.ones(len(w), dtype=w.dtype)) and int((w > 0).sum()) == len(w)
+            for i in range(len(w)):
+                assert int(w[i].argmax()) in (int(s[i].argmin()), i)
+    finally:
+        trust._REGISTRY.pop("best_peer", None)

@@ -17,12 +17,15 @@ transport that is not a collective (a relay server, a message queue) can drive t
     w, scores, faults = proto.consume(gathered, out, before, after, r)   # checks, trust, update check, aggregation
 
 ``publish`` builds the kinds the strategy declares (``strategy.publishes(cfg)``, read through
-:func:`~trustlora.trust.published_kinds`) for the users hosted here, simulated attackers' lies included
+:func:`~trustlora.trust.published_kinds`) for the users hosted here: the exchange itself ('theta', 'delta') here,
+every other kind by the strategy's own ``publish(ctx)`` (:class:`LocalContext`), simulated attackers' lies included
 (:mod:`trustlora.attacks`), plus the starting point 'theta0' once where the relative calibration needs it.
 ``gather`` sends them in the order of :data:`trustlora.guard.MESSAGES`, the one table of message kinds and of each
 slice's shape and dtype. ``consume`` takes every user's messages (each kind stacked on the user axis, in user order,
-however they travelled), checks them (:func:`trustlora.guard.check_messages`), computes this process's trust rows
-(``strategy.trust``), applies ``faults.update_check`` and sets the aggregated adapters. Then the round's evaluation.
+however they travelled), checks them (:func:`trustlora.guard.check_messages`), lets the strategy run its local
+passes over them (``strategy.prepare(inputs, ctx)``, e.g. scoring peers' models on the user's val split; its
+once-per-run ``starting_point(ctx)`` before), computes this process's trust rows (``strategy.trust``, pure), applies
+``faults.update_check`` and sets the aggregated adapters. Then the round's evaluation.
 """
 
 from __future__ import annotations
@@ -50,16 +53,8 @@ from trustlora.guard import (
     sanitize,
 )
 from trustlora.model.multilora import MultiLoRA
-from trustlora.reference import base_topk_predictions
-from trustlora.train import (
-    LocalTrainer,
-    cross_losses,
-    evaluate,
-    evaluate_prefix_and_full,
-    topk_predictions,
-    windows,
-)
-from trustlora.trust import TrustInputs, custom_messages, get, needs_of, published_kinds
+from trustlora.train import LocalTrainer, cross_losses, evaluate, evaluate_prefix_and_full, windows
+from trustlora.trust import EXCHANGE_KINDS, TrustInputs, custom_messages, get, needs_of, own_kinds, published_kinds
 from trustlora.trust.quality import trust_quality
 
 UPDATE_CHECK_UNCHECKED = 0.05
@@ -102,20 +97,35 @@ class Outbox:
 
 
 @dataclass
-class PublishContext:
-    """What a strategy's own ``publish(ctx)`` may read to build its messages (kinds it declares in ``messages``)."""
+class LocalContext:
+    """What a strategy's ``publish(ctx)``, ``starting_point(ctx)`` and ``prepare(inputs, ctx)`` may use: this
+    process's stacked users, their data and the config, and the local passes the round runner offers."""
 
     stack: MultiLoRA
-    """The hosted users' stacked adapters on the frozen base (loaded: what each user claims after the round)."""
+    """The hosted users' stacked adapters on the frozen base (in ``publish``: loaded with what each user claims after
+    the round; in ``prepare``: their honest adapters after the local steps)."""
     data: LocalData
     cfg: Config
     users: list[int]
     """Global ids of the hosted users (row order of every message)."""
-    before: torch.Tensor
-    """[n_local, P] adapters before the round."""
-    after: torch.Tensor
-    """[n_local, P] adapters the users publish after the round."""
-    round: int
+    before: torch.Tensor | None = None
+    """[n_local, P] adapters before the round (None in ``starting_point``)."""
+    after: torch.Tensor | None = None
+    """[n_local, P] adapters the users publish after the round (None in ``starting_point``)."""
+    round: int = 0
+    progress: Callable[[str], None] = lambda msg: None
+    """Progress line for a long local pass (``progress("trust: ...")``)."""
+    val_cross: Callable[..., torch.Tensor] | None = None
+    """``val_cross(thetas [N, P], before=None) -> [n_local, N]`` float64: mean CE on each local user's first
+    ``trust.val_tokens`` val tokens of every user's candidate, model ``thetas[j]`` or, with ``before`` ([n_local, P]),
+    ``before[i] + thetas[j]`` (:meth:`Rounds._val_cross`); the slots hold what they held before, afterwards."""
+    val_loss: Callable[[torch.Tensor], torch.Tensor] | None = None
+    """``val_loss(flat [n_local, P]) -> [n_local]`` float64: mean CE of these adapters (slot i on user i) on the same
+    val tokens; the slots hold what they held before, afterwards."""
+
+
+PublishContext = LocalContext
+"""The context of ``publish(ctx)`` (an alias: one context for every hook of a strategy)."""
 
 
 class Rounds:
@@ -149,7 +159,8 @@ class Rounds:
         self.vocab: int = head.weight.shape[0]  # output vocabulary (top-k id checks, fabricated top-k, Table 5 sizes)
         self.needs_reference = getattr(self.strategy, "needs_reference", lambda c: False)(cfg.trust)
         self.theta0_local = mm.get_flat().detach().clone() if self.needs_reference else None
-        self._reference: dict[str, torch.Tensor] = {}
+        self._reference: dict[str, torch.Tensor] = {}  # 'theta0': every user's starting point (a message, once)
+        self._start: dict[str, torch.Tensor] | None = None  # the strategy's starting_point(ctx), once per run
         self._positions: int | None = None  # real token positions of X_S's windows (top-k message shapes)
         # previous round's updates: what this process's slots published (attack 'copy' resends one) and what arrived
         # (faults.duplicates: a replay of one of them is nobody's new work); kept in memory, not in checkpoints
@@ -276,6 +287,39 @@ class Rounds:
         )
         return losses if cands is None else losses[:k]
 
+    def _val_loss(self, flat: torch.Tensor) -> torch.Tensor:
+        """[n_local] float64: mean CE of adapters ``flat`` ([n_local, P], slot i on user i) on each local user's first
+        ``trust.val_tokens`` val tokens; the slots' adapters are restored afterwards."""
+        tr = self.cfg.train
+        own = self.mm.get_flat()
+        self.mm.set_flat(flat)
+        loss, _ = evaluate(
+            self.mm,
+            self.data.val,
+            tr.seq_len,
+            self.cfg.eval.batch_size,
+            tr.precision,
+            self.cfg.trust.val_tokens,
+            user_chunk=tr.user_chunk,
+        )
+        self.mm.set_flat(own)
+        return torch.tensor(loss, dtype=torch.float64)
+
+    def context(self, before: torch.Tensor | None = None, after: torch.Tensor | None = None, r: int = 0):
+        """The :class:`LocalContext` a strategy's hooks get this round (``before`` / ``after``: [n_local, P])."""
+        return LocalContext(
+            self.mm,
+            self.data,
+            self.cfg,
+            list(self.users),
+            before,
+            after,
+            r,
+            self.progress,
+            val_cross=self._val_cross,
+            val_loss=self._val_loss,
+        )
+
     def _delta_checks(
         self, deltas: torch.Tensor, own_delta: torch.Tensor, present: torch.Tensor, verdict
     ) -> tuple[torch.Tensor, list[int], float | None]:
@@ -339,35 +383,22 @@ class Rounds:
         self.mm.set_flat(own)
         return keep
 
-    def _predictions_on_reference(self, base: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k predictions on X_S: every local slot's ([n_local, M, k]) or the frozen base model's ([M, k])."""
-        tr, tc = self.cfg.train, self.cfg.trust
-        args = (self.mm, self.data.reference, tc.topk, tc.logit_space, tr.seq_len, self.cfg.eval.batch_size)
-        if base:  # adapters off: one copy of the text, no user axis
-            return base_topk_predictions(*args, tr.precision)
-        return topk_predictions(*args, tr.precision, user_chunk=tr.user_chunk)
-
     def _starting_point(self, inp: TrustInputs) -> None:
         """Fill the reference the relative calibration measures movement from; computed once, then cached.
 
         theta0 of every user (message 'theta0', published in the first round after a (re)start and cached by
-        :meth:`consume` before this is called), the frozen base model's CE on each local user's trust val tokens, its
-        top-k predictions on X_S.
+        :meth:`consume` before this is called), and whatever the strategy's ``starting_point(ctx)`` computes on this
+        process (the frozen base model's CE on each local user's trust val tokens, its top-k predictions on X_S).
         """
-        tr, tc = self.cfg.train, self.cfg.trust
-        ref = self._reference
-        wanted = getattr(self.strategy, "reference", ())
-        if "val_base" in wanted and "val_base" not in ref:
-            loss, _ = evaluate(
-                self.mm, self.data.val, tr.seq_len, self.cfg.eval.batch_size, tr.precision, tc.val_tokens, base=True
-            )
-            ref["val_base"] = torch.tensor(loss, dtype=torch.float64)
-        if "topk_base" in wanted and "topk_base_values" not in ref:
-            ref["topk_base_values"], ref["topk_base_indices"] = self._predictions_on_reference(base=True)
-        inp.theta0 = ref.get("theta0")
-        inp.val_base_losses = ref.get("val_base")
-        inp.base_topk_values = ref.get("topk_base_values")
-        inp.base_topk_indices = ref.get("topk_base_indices")
+        if self._start is None:
+            hook = getattr(self.strategy, "starting_point", None)
+            self._start = dict(hook(self.context())) if hook is not None else {}
+            unknown = sorted(k for k in self._start if not hasattr(inp, k) or k == "extra")
+            if unknown:
+                raise ValueError(f"strategy '{self.strategy.name}': starting_point() returned unknown fields {unknown}")
+        inp.theta0 = self._reference.get("theta0")
+        for name, value in self._start.items():
+            setattr(inp, name, value)
 
     def present(self, r: int) -> torch.Tensor:
         """[N] bool: who takes part in round r (``faults.dropout_prob``: each user misses a round independently,
@@ -397,9 +428,10 @@ class Rounds:
     def publish(self, before: torch.Tensor, after: torch.Tensor, r: int = 0) -> Outbox:
         """This process's messages of round r (local only: nothing is sent): the kinds the strategy publishes
         (:func:`~trustlora.trust.published_kinds`), one row per hosted user, simulated attackers' lies included; plus
-        'theta0' once, when the relative calibration has not got the starting point yet."""
-        tc = self.cfg.trust
-        kinds = published_kinds(self.strategy, tc)
+        'theta0' once, when the relative calibration has not got the starting point yet. The exchange ('theta',
+        'delta') is built here; every other kind by the strategy's ``publish(ctx)``
+        (:func:`~trustlora.trust.own_kinds`), with the slots holding what each user claims."""
+        kinds = published_kinds(self.strategy, self.cfg.trust)
         unknown = [k for k in kinds if k not in MESSAGES]
         if unknown:
             raise ValueError(f"strategy '{self.strategy.name}' publishes unknown message kinds {unknown}")
@@ -417,31 +449,23 @@ class Rounds:
         if self.needs_reference and "theta0" in getattr(self.strategy, "reference", ()):
             if "theta0" not in self._reference:
                 local["theta0"] = self.theta0_local
-        if "theta" in kinds:
-            local["theta"] = pub_after
-        if "delta" in kinds:
-            local["delta"] = pub_delta
-        if "topk_values" in kinds or "topk_indices" in kinds:
-            self.progress("trust: predictions on X_S")
-            with self._claimed(pub_after, after, lying):  # attackers' predictions come from the model they claim
-                v, i = self._predictions_on_reference()
-            if atk.kind == "fake_topk" and self.attack_slots:
-                v, i = fake_topk(v, i, self.attack_slots, self.vocab, tc.logit_space == "probs", g)
-            for kind, t in (("topk_values", v), ("topk_indices", i)):
-                if kind in kinds:
-                    local[kind] = t
-        custom = custom_messages(self.strategy)
-        if custom:  # the strategy's own kinds: built by its publish(ctx), gathered after the built-in ones
-            ctx = PublishContext(self.mm, self.data, self.cfg, list(self.users), before, pub_after, r)
+        exchange = {"theta": pub_after, "delta": pub_delta}
+        local.update({k: exchange[k] for k in kinds if k in EXCHANGE_KINDS})
+        wanted = own_kinds(self.strategy, self.cfg.trust)
+        if wanted:  # the strategy's kinds (top-k on X_S, its own messages): attackers' come from the model they claim
             with self._claimed(pub_after, after, lying):
-                own = self.strategy.publish(ctx)
-            if set(own) != set(custom):
+                own = self.strategy.publish(self.context(before, pub_after, r))
+            if set(own) != set(wanted):
                 raise ValueError(
-                    f"strategy '{self.strategy.name}': publish() returned kinds {sorted(own)}, "
-                    f"it declares {sorted(custom)}"
+                    f"strategy '{self.strategy.name}': publish() returned kinds {sorted(own)}, it publishes {wanted}"
                 )
-            local.update({k: own[k] for k in sorted(custom)})
-        order = [k for k in MESSAGES if k in local] + sorted(custom)
+            local.update({k: own[k] for k in wanted})
+        if atk.kind == "fake_topk" and self.attack_slots and "topk_values" in own_kinds(self.strategy, self.cfg.trust):
+            v, i = own["topk_values"], own["topk_indices"]
+            v, i = fake_topk(v, i, self.attack_slots, self.vocab, self.cfg.trust.logit_space == "probs", g)
+            local.update({k: t for k, t in (("topk_values", v), ("topk_indices", i)) if k in local})
+        custom = sorted(custom_messages(self.strategy))
+        order = [k for k in MESSAGES if k in local] + custom
         return Outbox(messages={k: local[k] for k in order}, own_delta=own_delta)
 
     def gather(self, outbox: Outbox) -> dict[str, torch.Tensor]:
@@ -519,25 +543,9 @@ class Rounds:
             inp.extra["delta"] = msgs["delta"].cpu()
         for kind in custom_messages(strat):  # the strategy's own kinds, checked like any message
             inp.extra[kind] = msgs[kind].cpu()
-        if "val_cross" in needs and "theta" in needs:
-            self.progress("trust: peers on val")
-            inp.val_losses = self._val_cross(msgs["theta"])
-        elif "val_cross" in needs:  # candidates = my model before the round + each peer's update
-            self.progress("trust: peers' updates on val")
-            inp.val_losses = self._val_cross(msgs["delta"], before=before)
-            self.mm.set_flat(before)
-            tr = self.cfg.train
-            loss, _ = evaluate(
-                self.mm,
-                self.data.val,
-                tr.seq_len,
-                self.cfg.eval.batch_size,
-                tr.precision,
-                tc.val_tokens,
-                user_chunk=tr.user_chunk,
-            )
-            self.mm.set_flat(after)
-            inp.val_before_losses = torch.tensor(loss, dtype=torch.float64)
+        prepare = getattr(strat, "prepare", None)
+        if prepare is not None:  # the strategy's local passes over what arrived (validation: peers scored on val)
+            prepare(inp, self.context(before, after, r))
         w, scores = strat.trust(inp, tc)
         w = restrict_to(w, accept, self.users)
         if checked and check == "loss":  # needs W (heaviest peers first): after trust

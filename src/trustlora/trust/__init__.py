@@ -1,12 +1,16 @@
 """Trust strategies: registry name -> strategy; each strategy lives in its own module.
 
-A strategy says which messages it needs (``needs``), which message kinds every user publishes each round
-(``publishes(cfg)``, by default derived from ``needs`` by :func:`default_publishes`) and turns a
+A strategy is one file: what it consumes (``needs``), which message kinds every user publishes each round
+(``publishes(cfg)``, by default derived from ``needs`` by :func:`default_publishes`), how it builds the ones that are
+its own (``publish(ctx)``: everything but the exchange's 'theta' / 'delta', which the round runner builds), what it
+computes once as its starting point (``starting_point(ctx)``) and after the messages arrive (``prepare(inp, ctx)``:
+local model passes such as scoring peers on the user's val split), and the pure step that turns a
 :class:`TrustInputs` into the trust rows of the users this process hosts::
 
     from trustlora.trust import get, published_kinds
     strat = get("predictions")
     published_kinds(strat, cfg.trust)                 # ('delta', 'topk_values', 'topk_indices')
+    own_kinds(strat, cfg.trust)                       # ['topk_values', 'topk_indices']: built by strat.publish(ctx)
     W_rows, scores = strat.trust(inputs, cfg.trust)   # W_rows: [n_local, N], row-stochastic
 
 Registering a name twice, or asking for an unknown one, fails loudly and lists the valid names.
@@ -79,6 +83,25 @@ class Strategy(Protocol):
         protocol sends exactly these (default: :func:`default_publishes`)."""
         return default_publishes(self, cfg)
 
+    def publish(self, ctx) -> dict[str, torch.Tensor]:
+        """This round's messages of the kinds :func:`own_kinds` lists (``{kind: [n_local, ...]}``), built locally
+        from ``ctx`` (:class:`trustlora.protocol.PublishContext`: the hosted users' stacked adapters, holding what each
+        claims after the round, their data, the config); default: none."""
+        return {}
+
+    def starting_point(self, ctx) -> dict[str, torch.Tensor]:
+        """What the relative calibration measures movement from, computed once per run on this process
+        (:class:`trustlora.protocol.LocalContext`): :class:`TrustInputs` field name -> tensor (e.g.
+        ``val_base_losses``, ``base_topk_values``); cached by the round runner. Default: nothing ('theta0', every
+        user's initial adapter, is a message the round runner sends once)."""
+        return {}
+
+    def prepare(self, inp: TrustInputs, ctx) -> None:
+        """Fill what ``trust`` reads that takes local model passes over the received messages (``inp`` already holds
+        the checked messages and the mask; ``ctx``: :class:`trustlora.protocol.LocalContext`, e.g. its
+        ``val_cross``). Called just before ``trust``; default: nothing."""
+        return None
+
     def trust(self, inp: TrustInputs, cfg: TrustConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return (W rows [n_local, N] float64, raw scores [n_local, N] or None).
 
@@ -115,6 +138,17 @@ def published_kinds(strategy, cfg: TrustConfig) -> tuple[str, ...]:
     strategy without one (a plugin that does not subclass :class:`Strategy`)."""
     publishes = getattr(strategy, "publishes", None)
     return tuple(publishes(cfg)) if publishes is not None else default_publishes(strategy, cfg)
+
+
+EXCHANGE_KINDS = ("theta", "delta")
+"""Message kinds the round runner builds itself: the exchange (a user's model, its update; what aggregation mixes
+and what simulated attackers forge). Every other kind a strategy publishes is built by its ``publish(ctx)``."""
+
+
+def own_kinds(strategy, cfg: TrustConfig) -> list[str]:
+    """The kinds ``strategy``'s ``publish(ctx)`` builds under ``cfg``: what it publishes besides
+    :data:`EXCHANGE_KINDS` (in :data:`trustlora.guard.MESSAGES` order), then its own ``messages`` kinds, sorted."""
+    return [k for k in published_kinds(strategy, cfg) if k not in EXCHANGE_KINDS] + sorted(custom_messages(strategy))
 
 
 _REGISTRY: dict[str, Strategy] = {}

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from trustlora.config import _check
+from trustlora.reference import base_topk_predictions
+from trustlora.train import topk_predictions
 from trustlora.trust import Strategy
 from trustlora.trust.normalise import normalise, normalise_relative, resolved_scale
 
@@ -71,10 +73,30 @@ class Predictions(Strategy):
     update_check = True
     """``faults.update_check`` applies (a trust strategy; baselines stay plain)."""
     reference: tuple[str, ...] = ("topk_base",)
-    """What the relative calibration measures movement from (computed once per run by the protocol)."""
+    """What the relative calibration measures movement from (:meth:`starting_point`, once per run)."""
 
     def needs_reference(self, cfg) -> bool:
         return resolved_scale(cfg, "relative") == "relative"
+
+    @staticmethod
+    def _args(ctx) -> tuple:
+        tr, tc = ctx.cfg.train, ctx.cfg.trust
+        return ctx.stack, ctx.data.reference, tc.topk, tc.logit_space, tr.seq_len, ctx.cfg.eval.batch_size
+
+    def publish(self, ctx) -> dict[str, torch.Tensor]:
+        """Every hosted user's top-k predictions on X_S (``[n_local, M, k]`` values float32, ids int32), from the
+        adapters loaded in its slot (what it claims)."""
+        ctx.progress("trust: predictions on X_S")
+        tr = ctx.cfg.train
+        v, i = topk_predictions(*self._args(ctx), tr.precision, user_chunk=tr.user_chunk)
+        return {"topk_values": v, "topk_indices": i}
+
+    def starting_point(self, ctx) -> dict[str, torch.Tensor]:
+        """The frozen base model's top-k predictions on X_S ([M, k]: adapters off, one copy of the text)."""
+        if not self.needs_reference(ctx.cfg.trust):
+            return {}
+        v, i = base_topk_predictions(*self._args(ctx), ctx.cfg.train.precision)
+        return {"base_topk_values": v, "base_topk_indices": i}
 
     def trust(self, inp, cfg):
         s = prediction_scores(inp.topk_values, inp.topk_indices, inp.users)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from trustlora.config import _check
+from trustlora.train import evaluate
 from trustlora.trust import Strategy
 from trustlora.trust.normalise import normalise, normalise_relative, resolved_scale
 
@@ -104,7 +105,7 @@ class Validation(Strategy):
     update_check = True
     """``faults.update_check`` applies (a trust strategy; baselines stay plain)."""
     reference: tuple[str, ...] = ("val_base",)
-    """What the relative calibration measures movement from (computed once per run by the protocol)."""
+    """What the relative calibration measures movement from (:meth:`starting_point`, once per run)."""
 
     def needs_for(self, cfg) -> tuple[str, ...]:
         """Messages consumed under ``cfg``: peers' models, or their updates (``trust.val_candidate=update``)."""
@@ -112,6 +113,25 @@ class Validation(Strategy):
 
     def needs_reference(self, cfg) -> bool:
         return resolved_scale(cfg, "relative") == "relative"
+
+    def starting_point(self, ctx) -> dict[str, torch.Tensor]:
+        """The frozen base model's CE on each local user's first ``trust.val_tokens`` val tokens ([n_local])."""
+        if not self.needs_reference(ctx.cfg.trust):
+            return {}
+        tr, ev, tokens = ctx.cfg.train, ctx.cfg.eval, ctx.cfg.trust.val_tokens
+        loss, _ = evaluate(ctx.stack, ctx.data.val, tr.seq_len, ev.batch_size, tr.precision, tokens, base=True)
+        return {"val_base_losses": torch.tensor(loss, dtype=torch.float64)}
+
+    def prepare(self, inp, ctx) -> None:
+        """S's inputs: every peer's candidate scored on each local user's val tokens (``inp.val_losses``); scoring
+        updates, also the user's own model before the round (``inp.val_before_losses``, the unit's reference)."""
+        if candidate(ctx.cfg.trust) == "update":  # candidates = my model before the round + each peer's update
+            ctx.progress("trust: peers' updates on val")
+            inp.val_losses = ctx.val_cross(inp.extra["delta"], before=ctx.before)
+            inp.val_before_losses = ctx.val_loss(ctx.before)
+        else:
+            ctx.progress("trust: peers on val")
+            inp.val_losses = ctx.val_cross(inp.theta)
 
     def trust(self, inp, cfg):
         s = validation_scores(inp.val_losses, cfg.val_metric)
