@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from trustlora.cli import main
-from trustlora.config import _check
+from trustlora.config import expect
 
 
 @dataclass
@@ -19,7 +19,7 @@ class HalfSelfOptions:
     """Weight a user keeps on itself; the rest is spread evenly over the others."""
 
     def validate(self) -> None:
-        _check(0 < self.self_weight <= 1, "trust.self_weight", "a number in (0, 1]", self.self_weight)
+        expect(0 < self.self_weight <= 1, "trust.self_weight", "a number in (0, 1]", self.self_weight)
 
 
 class HalfSelf:

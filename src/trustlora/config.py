@@ -35,7 +35,9 @@ class ConfigError(UserError):
     """A user error in the configuration: one line naming the field and what is expected."""
 
 
-def _check(cond: bool, name: str, expected: str, value: Any) -> None:
+def expect(cond: bool, name: str, expected: str, value: Any) -> None:
+    """Fail with one line naming the field, what it expects and what it got (:class:`ConfigError`) unless ``cond``;
+    for every ``validate()``, a strategy's ``Options`` included."""
     if not cond:
         raise ConfigError(f"{name}: expected {expected}, got {value!r}")
 
@@ -60,17 +62,17 @@ class LoraConfig:
     the official code's); B starts at 0 either way."""
 
     def validate(self) -> None:
-        _check(isinstance(self.r, int) and self.r >= 1, "lora.r", "an integer >= 1", self.r)
-        _check(self.alpha > 0, "lora.alpha", "a number > 0", self.alpha)
-        _check(0 <= self.dropout < 1, "lora.dropout", "a number in [0, 1)", self.dropout)
-        _check(len(self.targets) > 0, "lora.targets", "a non-empty list", self.targets)
-        _check(
+        expect(isinstance(self.r, int) and self.r >= 1, "lora.r", "an integer >= 1", self.r)
+        expect(self.alpha > 0, "lora.alpha", "a number > 0", self.alpha)
+        expect(0 <= self.dropout < 1, "lora.dropout", "a number in [0, 1)", self.dropout)
+        expect(len(self.targets) > 0, "lora.targets", "a non-empty list", self.targets)
+        expect(
             "full" not in self.targets or list(self.targets) == ["full"],
             "lora.targets",
             "'full' alone (full fine-tuning) or adapter targets without 'full'",
             self.targets,
         )
-        _check(
+        expect(
             self.init_bound in ("kaiming", "inv_sqrt_r"),
             "lora.init_bound",
             "'kaiming' or 'inv_sqrt_r'",
@@ -108,30 +110,30 @@ class DataConfig:
     """Tokens of the shared public reference set X_S, drawn equally from every category."""
 
     def validate(self) -> None:
-        _check(isinstance(self.source, str) and self.source != "", "data.source", "a source name", self.source)
+        expect(isinstance(self.source, str) and self.source != "", "data.source", "a source name", self.source)
         if self.source in ("folder", "csv", "jsonl"):
-            _check(bool(self.path), "data.path", f"a path for data.source={self.source}", self.path)
-        _check(isinstance(self.users, int) and self.users >= 1, "data.users", "an integer >= 1", self.users)
+            expect(bool(self.path), "data.path", f"a path for data.source={self.source}", self.path)
+        expect(isinstance(self.users, int) and self.users >= 1, "data.users", "an integer >= 1", self.users)
         for name in ("train_tokens", "val_tokens", "test_tokens", "reference_tokens"):
             v = getattr(self, name)
-            _check(isinstance(v, int) and v >= 1, f"data.{name}", "an integer >= 1", v)
+            expect(isinstance(v, int) and v >= 1, f"data.{name}", "an integer >= 1", v)
         m = self.mixture
         if isinstance(m, str):
-            _check(m in ("high", "low"), "data.mixture", "'high', 'low' or a users x categories matrix", m)
+            expect(m in ("high", "low"), "data.mixture", "'high', 'low' or a users x categories matrix", m)
         else:
             ok = isinstance(m, list) and len(m) > 0 and all(isinstance(r, list) and r for r in m)
-            _check(ok, "data.mixture", "'high', 'low' or a list of rows (users x categories)", m)
+            expect(ok, "data.mixture", "'high', 'low' or a list of rows (users x categories)", m)
             widths = {len(r) for r in m}
-            _check(len(widths) == 1, "data.mixture", "rows of equal length", m)
-            _check(len(m) == self.users, "data.mixture", f"{self.users} rows (one per user, data.users)", len(m))
+            expect(len(widths) == 1, "data.mixture", "rows of equal length", m)
+            expect(len(m) == self.users, "data.mixture", f"{self.users} rows (one per user, data.users)", len(m))
             for row in m:
-                _check(
+                expect(
                     all(isinstance(x, (int, float)) and x >= 0 for x in row),
                     "data.mixture",
                     "non-negative numbers",
                     row,
                 )
-                _check(sum(row) > 0, "data.mixture", "rows with a positive sum", row)
+                expect(sum(row) > 0, "data.mixture", "rows with a positive sum", row)
 
 
 @dataclass
@@ -175,7 +177,7 @@ class TrainConfig:
     not by N. Results equal one stacked pass over all users (each user keeps its own dropout stream)."""
 
     def validate(self) -> None:
-        _check(
+        expect(
             self.user_chunk == "auto" or (isinstance(self.user_chunk, int) and self.user_chunk >= 1),
             "train.user_chunk",
             "an integer >= 1 or 'auto'",
@@ -183,16 +185,16 @@ class TrainConfig:
         )
         for name in ("steps", "period", "batch_size", "grad_accum", "seq_len"):
             v = getattr(self, name)
-            _check(isinstance(v, int) and v >= 1, f"train.{name}", "an integer >= 1", v)
-        _check(
+            expect(isinstance(v, int) and v >= 1, f"train.{name}", "an integer >= 1", v)
+        expect(
             isinstance(self.warmup, int) and 0 <= self.warmup <= self.steps,
             "train.warmup",
             f"an integer in [0, train.steps={self.steps}]",
             self.warmup,
         )
-        _check(self.lr > 0, "train.lr", "a number > 0", self.lr)
-        _check(self.weight_decay >= 0, "train.weight_decay", "a number >= 0", self.weight_decay)
-        _check(
+        expect(self.lr > 0, "train.lr", "a number > 0", self.lr)
+        expect(self.weight_decay >= 0, "train.weight_decay", "a number >= 0", self.weight_decay)
+        expect(
             isinstance(self.betas, (list, tuple))
             and len(self.betas) == 2
             and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in self.betas),
@@ -200,10 +202,10 @@ class TrainConfig:
             "two numbers in [0, 1) (beta1, beta2)",
             self.betas,
         )
-        _check(self.schedule in ("constant", "onecycle"), "train.schedule", "'constant' or 'onecycle'", self.schedule)
-        _check(0 < self.lr_warmup < 1, "train.lr_warmup", "a fraction in (0, 1)", self.lr_warmup)
-        _check(self.grad_clip >= 0, "train.grad_clip", "a number >= 0", self.grad_clip)
-        _check(
+        expect(self.schedule in ("constant", "onecycle"), "train.schedule", "'constant' or 'onecycle'", self.schedule)
+        expect(0 < self.lr_warmup < 1, "train.lr_warmup", "a fraction in (0, 1)", self.lr_warmup)
+        expect(self.grad_clip >= 0, "train.grad_clip", "a number >= 0", self.grad_clip)
+        expect(
             self.precision in ("auto", "bf16", "fp32"), "train.precision", "'auto', 'bf16' or 'fp32'", self.precision
         )
 
@@ -287,7 +289,7 @@ class TrustConfig:
         raise AttributeError(f"'TrustConfig' has no option '{name}'")
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name.startswith("_") or name in _TRUST_FIELDS:
+        if name.startswith("_") or name in TRUST_FIELDS:
             object.__setattr__(self, name, value)
             return
         from trustlora.trust import option_types
@@ -300,36 +302,36 @@ class TrustConfig:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, TrustConfig):
             return NotImplemented
-        mine = {f: getattr(self, f) for f in _TRUST_FIELDS} | self.option_values()
-        return mine == ({f: getattr(other, f) for f in _TRUST_FIELDS} | other.option_values())
+        mine = {f: getattr(self, f) for f in TRUST_FIELDS} | self.option_values()
+        return mine == ({f: getattr(other, f) for f in TRUST_FIELDS} | other.option_values())
 
     def __repr__(self) -> str:
-        items = {f: getattr(self, f) for f in _TRUST_FIELDS} | self.option_values()
+        items = {f: getattr(self, f) for f in TRUST_FIELDS} | self.option_values()
         return "TrustConfig(" + ", ".join(f"{k}={v!r}" for k, v in items.items()) + ")"
 
     def validate(self) -> None:
-        _check(
+        expect(
             self.temperature == "auto" or (isinstance(self.temperature, float) and self.temperature > 0),
             "trust.temperature",
             "a number > 0 or 'auto'",
             self.temperature,
         )
-        _check(
+        expect(
             self.normaliser in ("softmax", "topk", "threshold"),
             "trust.normaliser",
             "'softmax', 'topk' or 'threshold'",
             self.normaliser,
         )
-        _check(
+        expect(
             isinstance(self.top_peers, int) and self.top_peers >= 1,
             "trust.top_peers",
             "an integer >= 1",
             self.top_peers,
         )
-        _check(0 <= self.threshold <= 1, "trust.threshold", "a number in [0, 1]", self.threshold)
-        _check(self.mode in ("update", "weight"), "trust.mode", "'update' or 'weight'", self.mode)
-        _check(self.topology in ("full", "ring"), "trust.topology", "'full' or 'ring'", self.topology)
-        _check(
+        expect(0 <= self.threshold <= 1, "trust.threshold", "a number in [0, 1]", self.threshold)
+        expect(self.mode in ("update", "weight"), "trust.mode", "'update' or 'weight'", self.mode)
+        expect(self.topology in ("full", "ring"), "trust.topology", "'full' or 'ring'", self.topology)
+        expect(
             self.scale in ("auto", "relative", "none", "row_l1", "row_mean"),
             "trust.scale",
             "auto, relative, none, row_l1 or row_mean",
@@ -342,13 +344,13 @@ class TrustConfig:
                 self.options(s).validate()
 
 
-_TRUST_FIELDS = tuple(f.name for f in dataclasses.fields(TrustConfig))
+TRUST_FIELDS = tuple(f.name for f in dataclasses.fields(TrustConfig))
 _trust_init = TrustConfig.__init__
 
 
 def _trust_config_init(self: TrustConfig, **kwargs: Any) -> None:
     """The dataclass' __init__ for the shared fields; strategies' options (flat names) set after it."""
-    _trust_init(self, **{k: kwargs.pop(k) for k in list(kwargs) if k in _TRUST_FIELDS})
+    _trust_init(self, **{k: kwargs.pop(k) for k in list(kwargs) if k in TRUST_FIELDS})
     for key, value in kwargs.items():
         try:
             setattr(self, key, value)
@@ -387,10 +389,10 @@ class FaultsConfig:
     as ``duplicates`` (and the pairs as ``harmful``) in the trust record. 'keep': no such check."""
 
     def validate(self) -> None:
-        _check(self.duplicates in ("drop", "keep"), "faults.duplicates", "'drop' or 'keep'", self.duplicates)
-        _check(self.max_norm_ratio >= 0, "faults.max_norm_ratio", "a number >= 0 (0 = no bound)", self.max_norm_ratio)
-        _check(0 <= self.dropout_prob < 1, "faults.dropout_prob", "a probability in [0, 1)", self.dropout_prob)
-        _check(
+        expect(self.duplicates in ("drop", "keep"), "faults.duplicates", "'drop' or 'keep'", self.duplicates)
+        expect(self.max_norm_ratio >= 0, "faults.max_norm_ratio", "a number >= 0 (0 = no bound)", self.max_norm_ratio)
+        expect(0 <= self.dropout_prob < 1, "faults.dropout_prob", "a probability in [0, 1)", self.dropout_prob)
+        expect(
             self.update_check in ("none", "align", "loss"),
             "faults.update_check",
             "'none', 'align' or 'loss'",
@@ -412,13 +414,13 @@ class AttackConfig:
         from trustlora.attacks import KINDS, REFERENCE_KINDS
 
         kinds = KINDS + REFERENCE_KINDS
-        _check(
+        expect(
             self.kind == "none" or self.kind in kinds, "attack.kind", "'none' or one of " + ", ".join(kinds), self.kind
         )
         for u in self.users:
-            _check(isinstance(u, int) and 0 <= u < n_users, "attack.users", f"user ids in [0, {n_users})", u)
-        _check(len(set(self.users)) < n_users, "attack.users", "fewer attackers than users", self.users)
-        _check(
+            expect(isinstance(u, int) and 0 <= u < n_users, "attack.users", f"user ids in [0, {n_users})", u)
+        expect(len(set(self.users)) < n_users, "attack.users", "fewer attackers than users", self.users)
+        expect(
             not self.users or self.kind != "none", "attack.kind", "an attack kind when attack.users is set", self.kind
         )
 
@@ -432,7 +434,7 @@ class CommConfig:
     resume from (torch.distributed's process-group timeout)."""
 
     def validate(self) -> None:
-        _check(self.timeout > 0, "comm.timeout", "a number of seconds > 0", self.timeout)
+        expect(self.timeout > 0, "comm.timeout", "a number of seconds > 0", self.timeout)
 
 
 @dataclass
@@ -445,7 +447,7 @@ class LogConfig:
     (``pip install -e '.[tensorboard]'``); view with ``tensorboard --logdir <out>/tensorboard``."""
 
     def validate(self) -> None:
-        _check(isinstance(self.tensorboard, bool), "log.tensorboard", "true or false", self.tensorboard)
+        expect(isinstance(self.tensorboard, bool), "log.tensorboard", "true or false", self.tensorboard)
 
 
 @dataclass
@@ -494,16 +496,16 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
 
     def validate(self) -> None:
-        _check(isinstance(self.model, str) and self.model != "", "model", "a model name or path", self.model)
-        _check(isinstance(self.seed, int), "seed", "an integer", self.seed)
-        _check(self.runtime in ("simulation", "distributed"), "runtime", "'simulation' or 'distributed'", self.runtime)
-        _check(
+        expect(isinstance(self.model, str) and self.model != "", "model", "a model name or path", self.model)
+        expect(isinstance(self.seed, int), "seed", "an integer", self.seed)
+        expect(self.runtime in ("simulation", "distributed"), "runtime", "'simulation' or 'distributed'", self.runtime)
+        expect(
             isinstance(self.world_size, int) and 1 <= self.world_size <= self.data.users,
             "world_size",
             f"an integer in [1, data.users={self.data.users}]",
             self.world_size,
         )
-        _check(
+        expect(
             self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
             "device",
             "'auto', 'cpu', 'cuda' or 'cuda:N'",
@@ -511,9 +513,9 @@ class Config:
         )
         from trustlora.trust import names as strategy_names
 
-        _check(self.strategy in strategy_names(), "strategy", "one of " + ", ".join(strategy_names()), self.strategy)
+        expect(self.strategy in strategy_names(), "strategy", "one of " + ", ".join(strategy_names()), self.strategy)
         for s in self.strategies:
-            _check(s in strategy_names(), "strategies", "names from " + ", ".join(strategy_names()), s)
+            expect(s in strategy_names(), "strategies", "names from " + ", ".join(strategy_names()), s)
         self.lora.validate()
         self.data.validate()
         self.train.validate()
@@ -522,15 +524,15 @@ class Config:
         self.attack.validate(self.data.users)
         self.comm.validate()
         self.log.validate()
-        _check(self.eval.batch_size >= 1, "eval.batch_size", "an integer >= 1", self.eval.batch_size)
-        _check(self.eval.during_tokens >= 0, "eval.during_tokens", "an integer >= 0", self.eval.during_tokens)
+        expect(self.eval.batch_size >= 1, "eval.batch_size", "an integer >= 1", self.eval.batch_size)
+        expect(self.eval.during_tokens >= 0, "eval.during_tokens", "an integer >= 0", self.eval.during_tokens)
 
 
 # --------------------------------------------------------------------------------------------------
 # building a config from YAML + overrides
 
 
-def _field_types(cls: type) -> dict[str, Any]:
+def field_types(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
@@ -596,7 +598,7 @@ def _scalar(text: str) -> Any:
 
 
 def _apply(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
-    types_ = _field_types(type(obj))
+    types_ = field_types(type(obj))
     if hasattr(type(obj), "extra_types"):  # TrustConfig: the strategies' options
         types_ |= obj.extra_types()
     for key, value in updates.items():

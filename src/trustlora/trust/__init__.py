@@ -25,7 +25,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from trustlora.config import _TRUST_FIELDS, ConfigError, TrustConfig, _field_types
+from trustlora.config import TRUST_FIELDS, ConfigError, TrustConfig, field_types
 
 
 @dataclass
@@ -164,8 +164,8 @@ def register(strategy: Strategy) -> Strategy:
     if cls is not None:
         if not dataclasses.is_dataclass(cls):
             raise ValueError(f"trust strategy '{strategy.name}': Options must be a dataclass")
-        taken = set(_TRUST_FIELDS) | set(option_types()) | set(_REGISTRY) | {strategy.name}
-        clash = sorted(set(_field_types(cls)) & taken)
+        taken = set(TRUST_FIELDS) | set(option_types()) | set(_REGISTRY) | {strategy.name}
+        clash = sorted(set(field_types(cls)) & taken)
         if clash:
             raise ValueError(f"trust strategy '{strategy.name}': option names {clash} are taken")
     from trustlora.guard import MESSAGES
@@ -205,7 +205,7 @@ def option_types() -> dict[str, tuple[str, object]]:
         for name, strat in _REGISTRY.items():
             cls = getattr(strat, "Options", None)
             if cls is not None:
-                out.update({k: (name, tp) for k, tp in _field_types(cls).items()})
+                out.update({k: (name, tp) for k, tp in field_types(cls).items()})
         _OPTION_TYPES[key] = out
     return _OPTION_TYPES[key]
 

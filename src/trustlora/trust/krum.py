@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from trustlora.aggregate import krum_select
-from trustlora.config import _check
+from trustlora.config import expect
 from trustlora.trust import Strategy
 
 
@@ -24,13 +24,13 @@ class KrumOptions:
     """Updates averaged (1 = Krum; more = multi-Krum)."""
 
     def validate(self) -> None:
-        _check(
+        expect(
             self.byzantine == "auto" or (isinstance(self.byzantine, int) and self.byzantine >= 0),
             "trust.byzantine",
             "an integer >= 0 or 'auto'",
             self.byzantine,
         )
-        _check(
+        expect(
             isinstance(self.krum_select, int) and self.krum_select >= 1,
             "trust.krum_select",
             "an integer >= 1",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trustlora.config import _check
+from trustlora.config import expect
 from trustlora.reference import base_topk_predictions
 from trustlora.train import topk_predictions
 from trustlora.trust import Strategy
@@ -35,8 +35,8 @@ class PredictionsOptions:
     'logits' (the official code)."""
 
     def validate(self) -> None:
-        _check(isinstance(self.topk, int) and self.topk >= 1, "trust.topk", "an integer >= 1", self.topk)
-        _check(self.logit_space in ("probs", "logits"), "trust.logit_space", "'probs' or 'logits'", self.logit_space)
+        expect(isinstance(self.topk, int) and self.topk >= 1, "trust.topk", "an integer >= 1", self.topk)
+        expect(self.logit_space in ("probs", "logits"), "trust.logit_space", "'probs' or 'logits'", self.logit_space)
 
 
 def sparse_l1(v_a: torch.Tensor, i_a: torch.Tensor, v_b: torch.Tensor, i_b: torch.Tensor) -> torch.Tensor:

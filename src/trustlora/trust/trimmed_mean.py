@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from trustlora.aggregate import trimmed_mean
-from trustlora.config import _check
+from trustlora.config import expect
 from trustlora.trust import Strategy
 from trustlora.trust.median import uniform_rows
 
@@ -22,7 +22,7 @@ class TrimmedMeanOptions:
     """Fraction of the largest and of the smallest values dropped per coordinate."""
 
     def validate(self) -> None:
-        _check(0 <= self.trim < 0.5, "trust.trim", "a fraction in [0, 0.5)", self.trim)
+        expect(0 <= self.trim < 0.5, "trust.trim", "a fraction in [0, 0.5)", self.trim)
 
 
 class TrimmedMean(Strategy):

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trustlora.config import _check
+from trustlora.config import expect
 from trustlora.train import evaluate
 from trustlora.trust import Strategy
 from trustlora.trust.normalise import normalise, normalise_relative, resolved_scale
@@ -53,15 +53,15 @@ class ValidationOptions:
     ``faults.update_check`` drops it; see README 'Faulty and lying peers'."""
 
     def validate(self) -> None:
-        _check(
+        expect(
             isinstance(self.val_tokens, int) and self.val_tokens >= 2,
             "trust.val_tokens",
             "an integer >= 2",
             self.val_tokens,
         )
-        _check(self.val_metric in ("loss", "ppl"), "trust.val_metric", "'loss' or 'ppl'", self.val_metric)
-        _check(self.val_reference in ("self", "best"), "trust.val_reference", "'self' or 'best'", self.val_reference)
-        _check(
+        expect(self.val_metric in ("loss", "ppl"), "trust.val_metric", "'loss' or 'ppl'", self.val_metric)
+        expect(self.val_reference in ("self", "best"), "trust.val_reference", "'self' or 'best'", self.val_reference)
+        expect(
             self.val_candidate in ("auto", "model", "update"),
             "trust.val_candidate",
             "'auto', 'model' or 'update'",
