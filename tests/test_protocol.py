@@ -95,6 +95,33 @@ def test_resume_after_crash_gives_identical_result(tiny_overrides, tmp_path, mon
         _run(tiny_overrides, tmp_path, "crash2", ["strategy=fedavg"])
 
 
+def test_resume_keeps_last_rounds_updates(tiny_overrides, tmp_path, monkeypatch):
+    """The previous round's updates are in the checkpoint: after a crash the first resumed round still finds a replay
+    (attack 'copy' resends last round's honest update) and the run ends where the uninterrupted one does."""
+    args = ["strategy=weights", "attack.kind=copy", "attack.users=2"]
+    ref, _ = _run(tiny_overrides, tmp_path, "ref", args)
+    orig = Rounds.run_round
+
+    def crashing(self, r, step_callback=None):
+        if r == 3:
+            raise RuntimeError("simulated crash")
+        return orig(self, r, step_callback)
+
+    monkeypatch.setattr(Rounds, "run_round", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _run(tiny_overrides, tmp_path, "crash", args)
+    monkeypatch.setattr(Rounds, "run_round", orig)
+    resumed, _ = _run(tiny_overrides, tmp_path, "crash", args)
+    trust = {}
+    for name, out in (("ref", ref), ("resumed", resumed)):
+        recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        trust[name] = {r["round"]: r for r in recs if r["kind"] == "trust"}
+    assert trust["resumed"][3]["duplicates"] == trust["ref"][3]["duplicates"]
+    assert trust["ref"][3]["duplicates"] == [2]  # the replay, found in round 3 of both runs
+    for a, b in zip(_adapters(ref), _adapters(resumed), strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_validation_strategy_cross_losses_consistent(tiny_overrides, tmp_path):
     cfg = load_config(None, tiny_overrides + ["strategy=validation"])
     ws = api.prepare(cfg, log=lambda *a: None)

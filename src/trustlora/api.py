@@ -165,6 +165,7 @@ def _save_checkpoint(out: Path, round_: int, proto: Rounds, train_time: float, c
         "trainer": proto.trainer.state_dict(),
         "torch_rng": torch.get_rng_state(),
         "train_time": train_time,
+        "rounds": proto.state_dict(),  # last round's updates (duplicate check, attack 'copy')
     }
     first = proto.users[0]
     ckpt.save(out, first, round_, state)
@@ -278,6 +279,7 @@ def run_users(cfg: Config, comm, ws: Workspace | None = None, progress: bool = T
         mm.set_flat(state["adapters"])
         trainer.load_state_dict(state["trainer"])
         torch.set_rng_state(state["torch_rng"])
+        proto.load_state_dict(state.get("rounds", {}))
         train_time = state["train_time"]
         bar.update(sum(proto.schedule[:start_round]))
         log(f"resuming {out} after round {start_round}")

@@ -163,9 +163,20 @@ class Rounds:
         self._start: dict[str, torch.Tensor] | None = None  # the strategy's starting_point(ctx), once per run
         self._positions: int | None = None  # real token positions of X_S's windows (top-k message shapes)
         # previous round's updates: what this process's slots published (attack 'copy' resends one) and what arrived
-        # (faults.duplicates: a replay of one of them is nobody's new work); kept in memory, not in checkpoints
+        # (faults.duplicates: a replay of one of them is nobody's new work); in checkpoints (state_dict)
         self._published_delta: torch.Tensor | None = None
         self._received_delta: torch.Tensor | None = None
+
+    def state_dict(self) -> dict[str, torch.Tensor | None]:
+        """What the next round reads from this one besides the adapters and the trainer: the updates that arrived
+        (``faults.duplicates``' replay test) and those this process's attackers published (attack 'copy'). Saved in
+        every checkpoint, so the first round after a resume checks exactly what the uninterrupted run checks."""
+        return {"received_delta": self._received_delta, "published_delta": self._published_delta}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (a checkpoint without it, from an older version, leaves both empty)."""
+        self._received_delta = state.get("received_delta")
+        self._published_delta = state.get("published_delta")
 
     # ---- evaluation ---------------------------------------------------------------------------
     def evaluate(
