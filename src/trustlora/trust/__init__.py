@@ -69,8 +69,9 @@ class Strategy(Protocol):
     """Message kinds this strategy consumes: 'theta', 'val_cross', 'topk', 'delta' (updates, in ``extra``).
 
     Strategies with a relative calibration also define ``needs_reference(cfg) -> bool`` (whether the trust step
-    needs the starting point) and ``reference``: which one ('theta0': every user's initial adapter; 'val_base':
-    the base model's CE on the local users' val tokens; 'topk_base': the base model's top-k predictions on X_S)."""
+    needs the starting point) and ``reference``: which one ('theta0': every user's initial adapter, which the round
+    runner then sends once; 'val_base': the base model's CE on the local users' val tokens; 'topk_base': the base
+    model's top-k predictions on X_S — both computed by the strategy's own :meth:`starting_point`)."""
     exchanges: bool
     """Whether users exchange updates at all (False only for local training)."""
 
