@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from trustlora import api
+from trustlora import checkpoint as ckpt
 from trustlora.config import ConfigError, load_config
 from trustlora.protocol import Rounds, round_schedule
 from trustlora.train import cross_losses, evaluate, topk_predictions
@@ -93,6 +94,9 @@ def test_resume_after_crash_gives_identical_result(tiny_overrides, tmp_path, mon
     monkeypatch.setattr(Rounds, "run_round", orig)
     with pytest.raises(ConfigError, match="different config"):
         _run(tiny_overrides, tmp_path, "crash2", ["strategy=fedavg"])
+    # ... but the comparison's own fields (which strategies / seeds it runs) are not the run's config
+    grid = ["strategy=weights", "strategies=fedavg,weights", "seeds=0,1", f"out={tmp_path / 'crash2'}"]
+    assert ckpt.resume_round(load_config(None, [*tiny_overrides, *grid]), tmp_path / "crash2") == 2
 
 
 def test_resume_keeps_last_rounds_updates(tiny_overrides, tmp_path, monkeypatch):

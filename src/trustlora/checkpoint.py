@@ -29,6 +29,15 @@ def _file(out: Path, first_user: int, round_: int) -> Path:
     return out / "checkpoint" / f"u{first_user}-r{round_}.pt"
 
 
+GRID_FIELDS = ("strategies", "seeds")
+"""Config fields that steer a comparison (which runs it holds), not the run: a run of a comparison resumes whatever
+they say now (a strategy or seed added to the comparison, or reordered, leaves its interrupted runs resumable)."""
+
+
+def _run_config(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k not in GRID_FIELDS}
+
+
 def resume_round(cfg: Config, out: Path) -> int:
     """The round to resume after (0 = fresh start). Refuses to overwrite or mix runs in one directory."""
     if not out.exists():
@@ -36,7 +45,8 @@ def resume_round(cfg: Config, out: Path) -> int:
     if (out / "summary.json").exists():
         raise ConfigError(f"out: '{out}' already holds a finished run; choose another out=PATH")
     marker = out / MARKER
-    same = (out / "config.yaml").exists() and read_yaml(out / "config.yaml") == to_dict(cfg)
+    cfg_file = out / "config.yaml"
+    same = cfg_file.exists() and _run_config(read_yaml(cfg_file) or {}) == _run_config(to_dict(cfg))
     if not marker.exists():
         if same or not any(out.iterdir()):
             return 0  # empty, or the same run crashed before its first checkpoint: start over
