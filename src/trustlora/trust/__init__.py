@@ -86,7 +86,7 @@ class Strategy(Protocol):
 
     def publish(self, ctx) -> dict[str, torch.Tensor]:
         """This round's messages of the kinds :func:`own_kinds` lists (``{kind: [n_local, ...]}``), built locally
-        from ``ctx`` (:class:`trustlora.protocol.PublishContext`: the hosted users' stacked adapters, holding what each
+        from ``ctx`` (:class:`trustlora.protocol.LocalContext`: the hosted users' stacked adapters, holding what each
         claims after the round, their data, the config); default: none."""
         return {}
 
@@ -183,7 +183,7 @@ def register(strategy: Strategy) -> Strategy:
 def custom_messages(strategy) -> dict:
     """A strategy's own message kinds: its ``messages`` table (kind -> ``sizes -> (shape, dtype)`` of one sender's
     slice, like :data:`trustlora.guard.MESSAGES`), built each round by its ``publish(ctx)`` ->
-    ``{kind: [n_local, ...]}`` (:class:`trustlora.protocol.PublishContext`); every process all-gathers them and checks
+    ``{kind: [n_local, ...]}`` (:class:`trustlora.protocol.LocalContext`); every process all-gathers them and checks
     them at the receiving side like the built-in kinds; ``trust`` reads them as ``inputs.extra[kind]``."""
     return dict(getattr(strategy, "messages", None) or {})
 
