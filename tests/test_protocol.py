@@ -63,21 +63,28 @@ def test_outputs_and_metrics(tiny_overrides, tmp_path):
     assert {r["split"] for r in finals} == {"val", "test"}
 
 
-def test_resume_after_crash_gives_identical_result(tiny_overrides, tmp_path, monkeypatch):
-    ref, _ = _run(tiny_overrides, tmp_path, "ref", ["strategy=weights"])
+def _run_crashing(monkeypatch, overrides, tmp_path, name, extra, at: int = 3) -> None:
+    """Run until round ``at`` starts, which raises a simulated crash (rounds before it are checkpointed)."""
     orig = Rounds.run_round
 
     def crashing(self, r, step_callback=None):
-        if r == 3:
+        if r == at:
             raise RuntimeError("simulated crash")
         return orig(self, r, step_callback)
 
     monkeypatch.setattr(Rounds, "run_round", crashing)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        _run(tiny_overrides, tmp_path, "crash", ["strategy=weights"])
+    try:
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            _run(overrides, tmp_path, name, extra)
+    finally:
+        monkeypatch.setattr(Rounds, "run_round", orig)
+
+
+def test_resume_after_crash_gives_identical_result(tiny_overrides, tmp_path, monkeypatch):
+    ref, _ = _run(tiny_overrides, tmp_path, "ref", ["strategy=weights"])
+    _run_crashing(monkeypatch, tiny_overrides, tmp_path, "crash", ["strategy=weights"])
     assert json.loads((tmp_path / "crash" / "checkpoint.json").read_text()) == {"round": 2}
     assert [p.name for p in (tmp_path / "crash" / "checkpoint").iterdir()] == ["u0-r2.pt"]  # older rounds pruned
-    monkeypatch.setattr(Rounds, "run_round", orig)
     resumed, _ = _run(tiny_overrides, tmp_path, "crash", ["strategy=weights"])
     for a, b in zip(_adapters(ref), _adapters(resumed), strict=True):
         torch.testing.assert_close(a, b)
@@ -88,10 +95,7 @@ def test_resume_after_crash_gives_identical_result(tiny_overrides, tmp_path, mon
     with pytest.raises(ConfigError, match="already holds a finished run"):
         _run(tiny_overrides, tmp_path, "crash", ["strategy=weights"])
     # a different config does not resume into someone else's checkpoint
-    monkeypatch.setattr(Rounds, "run_round", crashing)
-    with pytest.raises(RuntimeError):
-        _run(tiny_overrides, tmp_path, "crash2", ["strategy=weights"])
-    monkeypatch.setattr(Rounds, "run_round", orig)
+    _run_crashing(monkeypatch, tiny_overrides, tmp_path, "crash2", ["strategy=weights"])
     with pytest.raises(ConfigError, match="different config"):
         _run(tiny_overrides, tmp_path, "crash2", ["strategy=fedavg"])
     # ... but the comparison's own fields (which strategies / seeds it runs) are not the run's config
@@ -104,17 +108,7 @@ def test_resume_keeps_last_rounds_updates(tiny_overrides, tmp_path, monkeypatch)
     (attack 'copy' resends last round's honest update) and the run ends where the uninterrupted one does."""
     args = ["strategy=weights", "attack.kind=copy", "attack.users=2"]
     ref, _ = _run(tiny_overrides, tmp_path, "ref", args)
-    orig = Rounds.run_round
-
-    def crashing(self, r, step_callback=None):
-        if r == 3:
-            raise RuntimeError("simulated crash")
-        return orig(self, r, step_callback)
-
-    monkeypatch.setattr(Rounds, "run_round", crashing)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        _run(tiny_overrides, tmp_path, "crash", args)
-    monkeypatch.setattr(Rounds, "run_round", orig)
+    _run_crashing(monkeypatch, tiny_overrides, tmp_path, "crash", args)
     resumed, _ = _run(tiny_overrides, tmp_path, "crash", args)
     trust = {}
     for name, out in (("ref", ref), ("resumed", resumed)):

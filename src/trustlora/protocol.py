@@ -471,7 +471,7 @@ class Rounds:
                     f"strategy '{self.strategy.name}': publish() returned kinds {sorted(own)}, it publishes {wanted}"
                 )
             local.update({k: own[k] for k in wanted})
-        if atk.kind == "fake_topk" and self.attack_slots and "topk_values" in own_kinds(self.strategy, self.cfg.trust):
+        if atk.kind == "fake_topk" and self.attack_slots and "topk_values" in wanted:
             v, i = own["topk_values"], own["topk_indices"]
             v, i = fake_topk(v, i, self.attack_slots, self.vocab, self.cfg.trust.logit_space == "probs", g)
             local.update({k: t for k, t in (("topk_values", v), ("topk_indices", i)) if k in local})
