@@ -230,6 +230,51 @@ def test_robustness_command_table(tiny_overrides, tmp_path, capsys):
     assert main(["robustness", "--attacks", "nan", *tiny_overrides, f"out={tmp_path / 'x'}"]) == 2  # no attackers
 
 
+def _row(attack, strategy, change, trust, seed=0):
+    return {
+        "attack": attack,
+        "strategy": strategy,
+        "seed": seed,
+        "honest_mean_test_ppl": 40.0 * (1 + change),
+        "clean_honest_mean_test_ppl": 39.0,
+        "change": None,
+        "absent_honest_mean_test_ppl": 40.0,
+        "change_vs_absent": change,
+        "trust_mass_on_attackers": trust,
+        "rejected_messages": 0,
+        "dropped_from_attackers": 0,
+        "dropped_from_honest": 0,
+    }
+
+
+def test_robustness_join_tables_later_file_wins_and_summary_pivots(tmp_path, capsys):
+    """--join: cells of several finished tables in one table; a later file's cell replaces an earlier one's; the
+    summary has one column per strategy (fixed order), '—' for a missing cell and seeds averaged."""
+    from trustlora.cli import main
+    from trustlora.robustness import summary_lines
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"rows": [_row("noise", "fedavg", 0.05, 1 / 3), _row("nan", "weights", 0.5, 0.5)]}))
+    b.write_text(json.dumps({"rows": [_row("nan", "weights", 0.0, 0.0), _row("noise", "weights", 0.01, 0.0)]}))
+    out = tmp_path / "joined"
+    assert main(["robustness", "--join", str(a), str(b), f"out={out}"]) == 0
+    rows = json.loads((out / "robustness.json").read_text())["rows"]
+    assert len(rows) == 3
+    assert next(r for r in rows if r["attack"] == "nan")["change_vs_absent"] == 0.0  # b's cell replaced a's
+    lines = (out / "robustness.md").read_text().split("## Summary")[1].strip().splitlines()[2:]
+    assert lines[0] == "| attack | fedavg | weights |"
+    assert lines[2] == "| noise | +5.0 % / 33.3 % | +1.0 % / 0.0 % |"
+    assert lines[3] == "| nan | — | +0.0 % / 0.0 % |"
+    assert lines[4] == "| honest ppl clean / w/o attackers | 39.00 / 40.00 | 39.00 / 40.00 |"
+    seeds = summary_lines([_row("zero", "krum", 0.1, 1.0), _row("zero", "krum", 0.3, 0.0, seed=1)])
+    assert seeds[2] == "| zero | +20.0 % / 50.0 % |"
+    assert main(["robustness", "--join", str(tmp_path / "none.json"), f"out={out}"]) == 2
+    assert "none.json: no such file" in capsys.readouterr().err
+    assert main(["robustness", "--join", str(a)]) == 2  # no out=
+    assert main(["robustness", "strategies=fedavg"]) == 2  # neither --attacks nor --join
+    assert "--attacks" in capsys.readouterr().err
+
+
 def test_duplicate_senders_finds_copies_only():
     from trustlora.guard import DUPLICATE_COS, duplicate_senders
 

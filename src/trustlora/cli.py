@@ -137,8 +137,15 @@ def cmd_scale(args) -> int:
 
 
 def cmd_robustness(args) -> int:
-    from trustlora.robustness import parse_attacks, run_robustness
+    from trustlora.robustness import join_tables, parse_attacks, run_robustness
 
+    if args.join:
+        out = join_tables(args.join, args.overrides)
+        print((out / "robustness.md").read_text())
+        print(f"joined robustness table written to {out}")
+        return 0
+    if not args.attacks:
+        raise ConfigError("robustness: expected --attacks K1,K2 (or --join FILE... to join finished tables)")
     attacks = parse_attacks(args.attacks)
     if args.dry_run:
         print(dump_yaml(load_config(args.config, args.overrides)), end="")
@@ -201,7 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--users", required=True, metavar="N1,N2", help="numbers of users, e.g. 6,12,24,48")
     rb = sub.add_parser("robustness", help="attack kinds x strategies vs the runs without attackers; table")
     common(rb)
-    rb.add_argument("--attacks", required=True, metavar="K1,K2", help="attack kinds, e.g. nan,scale,sign_flip")
+    rb.add_argument("--attacks", metavar="K1,K2", help="attack kinds, e.g. nan,scale,sign_flip")
+    rb.add_argument(
+        "--join",
+        nargs="+",
+        metavar="JSON",
+        help="no runs: join finished robustness.json tables (later files win per cell) into out=DIR",
+    )
     dp = sub.add_parser("data", help="data tools")
     dsub = dp.add_subparsers(dest="data_command", required=True)
     st = dsub.add_parser("stats", help="per-user token counts and Jaccard overlap")

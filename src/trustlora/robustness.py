@@ -13,6 +13,7 @@ honest users put on attackers in the final W, and the number of rejected message
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,28 @@ def run_robustness(config: str | None, overrides: list[str], attacks: list[str],
     return out
 
 
+def join_tables(paths: list[str], overrides: list[str]) -> Path:
+    """``--join``: the rows of finished ``robustness.json`` files (later files win per cell) plus the runs already in
+    ``out=DIR`` (they win over the files), written as one table in DIR. ``key=value`` items among ``paths`` (argparse
+    puts trailing overrides there) count as overrides."""
+    overrides = [*overrides, *(p for p in paths if "=" in p)]
+    paths = [p for p in paths if "=" not in p]
+    out = [v for k, v in map(parse_override, overrides) if k == "out"]
+    others = [o for o in overrides if parse_override(o)[0] != "out"]
+    if not out or others:
+        raise ConfigError("robustness --join: expected only out=DIR beside the files (the joined table's directory)")
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise ConfigError(f"robustness --join: {missing[0]}: no such file (expected a robustness.json)")
+    dest = Path(str(out[-1]))
+    rows = {(r["attack"], r["strategy"], r["seed"]): r for r in load_rows([Path(p) for p in paths])}
+    if dest.is_dir():
+        rows.update({(r["attack"], r["strategy"], r["seed"]): r for r in collect(dest)})
+    dest.mkdir(parents=True, exist_ok=True)
+    write_robustness_table(dest, list(rows.values()))
+    return dest
+
+
 def collect(out: Path) -> list[dict]:
     """One row per (attack, strategy, seed) with a finished attacked run and its clean counterpart."""
     rows = []
@@ -89,6 +112,21 @@ def collect(out: Path) -> list[dict]:
     return rows
 
 
+def load_rows(paths: list[Path]) -> list[dict]:
+    """Rows of several ``robustness.json`` files, one row per (attack, strategy, seed): a later file's row replaces
+    an earlier one's (a cell rerun)."""
+    rows: dict[tuple, dict] = {}
+    for p in paths:
+        try:
+            data = json.loads(Path(p).read_text())
+            got = data["rows"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{p}: expected a robustness.json with a 'rows' list ({type(e).__name__})") from None
+        for r in got:
+            rows[(r["attack"], r["strategy"], r["seed"])] = r
+    return list(rows.values())
+
+
 def dropped_updates(metrics: Path, attackers: list[int]) -> dict[str, int | None]:
     """Updates honest receivers dropped by ``faults.update_check`` / ``faults.duplicates`` over the run (the
     ``harmful`` pairs of the trust records): from attackers (the defence working) and from honest peers (its cost).
@@ -104,11 +142,49 @@ def dropped_updates(metrics: Path, attackers: list[int]) -> dict[str, int | None
     }
 
 
-def write_robustness_table(out: Path) -> dict[str, Path]:
+SUMMARY_ORDER = ["fedavg", "weights", "validation", "predictions", "oracle", "median", "trimmed_mean", "krum"]
+"""Column order of the summary: the plain average, the trust strategies, the oracle, the robust aggregators."""
+
+
+def summary_lines(rows: list[dict]) -> list[str]:
+    """The compact attack x strategy table: ``vs w/o attackers / trust on attackers`` per cell (seeds averaged),
+    '—' where a cell has no run, and a last row with each strategy's honest ppl clean / w/o attackers."""
+    from trustlora.tables import DASH
+
+    seen = {r["strategy"] for r in rows}
+    strats = [s for s in SUMMARY_ORDER if s in seen] + sorted(seen - set(SUMMARY_ORDER))
+    kinds = [k for k in KINDS if any(r["attack"] == k for r in rows)]
+
+    def mean(vals):
+        vals = [v for v in vals if v is not None]
+        return float(np.mean(vals)) if vals else None
+
+    def cell(kind, strat):
+        sel = [r for r in rows if r["attack"] == kind and r["strategy"] == strat]
+        ch, tm = mean([r["change_vs_absent"] for r in sel]), mean([r["trust_mass_on_attackers"] for r in sel])
+        if ch is None and tm is None:
+            return DASH
+        return f"{DASH if ch is None else f'{100 * ch:+.1f} %'} / {DASH if tm is None else f'{100 * tm:.1f} %'}"
+
+    def refs(strat):
+        sel = [r for r in rows if r["strategy"] == strat]
+        c = mean([r["clean_honest_mean_test_ppl"] for r in sel])
+        a = mean([r["absent_honest_mean_test_ppl"] for r in sel])
+        return f"{DASH if c is None else f'{c:.2f}'} / {DASH if a is None else f'{a:.2f}'}"
+
+    lines = ["| attack | " + " | ".join(strats) + " |", "|---|" + "---:|" * len(strats)]
+    lines += [f"| {k} | " + " | ".join(cell(k, s) for s in strats) + " |" for k in kinds]
+    lines.append("| honest ppl clean / w/o attackers | " + " | ".join(refs(s) for s in strats) + " |")
+    return lines
+
+
+def write_robustness_table(out: Path, rows: list[dict] | None = None) -> dict[str, Path]:
+    """``robustness.{md,csv,json}`` in ``out`` from its runs (or from ``rows``, e.g. tables of several
+    directories joined: :func:`load_rows`)."""
     from trustlora.tables import DASH, format_table, write_table_files
     from trustlora.trust import names
 
-    rows = collect(out)
+    rows = collect(out) if rows is None else [dict(r) for r in rows]
     if not rows:
         raise ConfigError(f"{out}: no finished attacked runs under <attack>/<strategy>-seed<k>/")
     order = {s: k for k, s in enumerate(names())}
@@ -158,6 +234,8 @@ def write_robustness_table(out: Path) -> dict[str, Path]:
         "updates: [receiver, sender] pairs honest receivers left out over the run by the update and duplicate "
         "checks (from attackers: the defence working; from honest peers: its cost).\n\n"
         + format_table(header, table)
+        + "\n\n## Summary\n\nPer cell: honest mean test ppl vs the run without the attackers / trust on attackers.\n\n"
+        + "\n".join(summary_lines(rows))
         + "\n"
     )
     paths = write_table_files(out, "robustness", md, rows, list(rows[0]))
