@@ -355,5 +355,13 @@ def test_an_update_dropped_by_the_checks_moves_no_honest_score(tiny_overrides, t
     _, recs, zero = _run(tiny_overrides, tmp_path, f"zero-{strategy}", [*common, "attack.kind=zero"])
     _, _, absent = _run(tiny_overrides, tmp_path, f"absent-{strategy}", [*common, "attack.kind=absent"])
     assert all([0, 2] in r["harmful"] and [1, 2] in r["harmful"] for r in recs if r["kind"] == "trust")
-    assert zero["final_test_ppl"][:2] == absent["final_test_ppl"][:2]
-    assert torch.equal(torch.tensor(zero["final_W"])[:2], torch.tensor(absent["final_W"])[:2])
+    # equal up to the last bits: peer scoring runs the val passes over a stack of another shape (the attacker's
+    # published model is in it), and bf16 GEMM kernels may round a row differently with the batch's row count
+    # (Intel Xeon with AMX: rows of a [2048, 576] x [576, 1536] product differ from the same rows of a [3072, ...]
+    # one; here 2e-7 apart, bit-equal on AMD EPYC); the attacker shifting a calibration moved ppl by percent
+    torch.testing.assert_close(
+        torch.tensor(zero["final_test_ppl"][:2]), torch.tensor(absent["final_test_ppl"][:2]), rtol=1e-5, atol=0
+    )
+    torch.testing.assert_close(
+        torch.tensor(zero["final_W"])[:2], torch.tensor(absent["final_W"])[:2], rtol=1e-5, atol=1e-7
+    )
