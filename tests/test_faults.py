@@ -270,6 +270,10 @@ def test_robustness_join_tables_later_file_wins_and_summary_pivots(tmp_path, cap
     assert seeds[2] == "| zero | +20.0 % / 50.0 % |"
     assert main(["robustness", "--join", str(tmp_path / "none.json"), f"out={out}"]) == 2
     assert "none.json: no such file" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"rows": [{"strategy": "fedavg"}]}))
+    assert main(["robustness", "--join", str(bad), f"out={out}"]) == 2
+    assert "bad.json: expected a robustness.json" in capsys.readouterr().err
     assert main(["robustness", "--join", str(a)]) == 2  # no out=
     assert main(["robustness", "strategies=fedavg"]) == 2  # neither --attacks nor --join
     assert "--attacks" in capsys.readouterr().err

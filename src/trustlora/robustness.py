@@ -118,12 +118,13 @@ def load_rows(paths: list[Path]) -> list[dict]:
     rows: dict[tuple, dict] = {}
     for p in paths:
         try:
-            data = json.loads(Path(p).read_text())
-            got = data["rows"]
+            for r in json.loads(Path(p).read_text())["rows"]:
+                rows[(r["attack"], r["strategy"], r["seed"])] = r
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"{p}: expected a robustness.json with a 'rows' list ({type(e).__name__})") from None
-        for r in got:
-            rows[(r["attack"], r["strategy"], r["seed"])] = r
+            raise ConfigError(
+                f"{p}: expected a robustness.json: a 'rows' list of rows with attack, strategy, seed "
+                f"({type(e).__name__})"
+            ) from None
     return list(rows.values())
 
 
