@@ -59,19 +59,17 @@ def join_tables(paths: list[str], overrides: list[str]) -> Path:
     puts trailing overrides there) count as overrides."""
     overrides = [*overrides, *(p for p in paths if "=" in p)]
     paths = [p for p in paths if "=" not in p]
-    out = [v for k, v in map(parse_override, overrides) if k == "out"]
-    others = [o for o in overrides if parse_override(o)[0] != "out"]
-    if not out or others:
+    parsed = [parse_override(o) for o in overrides]
+    out = [v for k, v in parsed if k == "out"]
+    if not out or len(out) < len(parsed):
         raise ConfigError("robustness --join: expected only out=DIR beside the files (the joined table's directory)")
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
         raise ConfigError(f"robustness --join: {missing[0]}: no such file (expected a robustness.json)")
     dest = Path(str(out[-1]))
-    rows = {(r["attack"], r["strategy"], r["seed"]): r for r in load_rows([Path(p) for p in paths])}
-    if dest.is_dir():
-        rows.update({(r["attack"], r["strategy"], r["seed"]): r for r in collect(dest)})
+    rows = merge_rows(load_rows([Path(p) for p in paths]), collect(dest) if dest.is_dir() else [])
     dest.mkdir(parents=True, exist_ok=True)
-    write_robustness_table(dest, list(rows.values()))
+    write_robustness_table(dest, rows)
     return dest
 
 
@@ -112,20 +110,23 @@ def collect(out: Path) -> list[dict]:
     return rows
 
 
+def merge_rows(*tables: list[dict]) -> list[dict]:
+    """One row per (attack, strategy, seed): a later table's row replaces an earlier one's (a cell rerun)."""
+    return list({(r["attack"], r["strategy"], r["seed"]): r for rows in tables for r in rows}.values())
+
+
 def load_rows(paths: list[Path]) -> list[dict]:
-    """Rows of several ``robustness.json`` files, one row per (attack, strategy, seed): a later file's row replaces
-    an earlier one's (a cell rerun)."""
-    rows: dict[tuple, dict] = {}
+    """Rows of several ``robustness.json`` files, merged by :func:`merge_rows` (later files win)."""
+    tables = []
     for p in paths:
         try:
-            for r in json.loads(Path(p).read_text())["rows"]:
-                rows[(r["attack"], r["strategy"], r["seed"])] = r
+            tables.append(merge_rows(json.loads(Path(p).read_text())["rows"]))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ConfigError(
                 f"{p}: expected a robustness.json: a 'rows' list of rows with attack, strategy, seed "
                 f"({type(e).__name__})"
             ) from None
-    return list(rows.values())
+    return merge_rows(*tables)
 
 
 def dropped_updates(metrics: Path, attackers: list[int]) -> dict[str, int | None]:
@@ -141,6 +142,19 @@ def dropped_updates(metrics: Path, attackers: list[int]) -> dict[str, int | None
         "dropped_from_attackers": sum(j in bad for _, j in pairs),
         "dropped_from_honest": sum(j not in bad for _, j in pairs),
     }
+
+
+def _num(x, spec: str) -> str:
+    from trustlora.tables import DASH
+
+    return DASH if x is None else format(x, spec)
+
+
+def _pct(x, spec: str = ".1f", sign: str = "+", unit: str = "%") -> str:
+    """A fraction as a percentage ('—' for None)."""
+    from trustlora.tables import DASH
+
+    return DASH if x is None else f"{100 * x:{sign}{spec}}{unit}"
 
 
 SUMMARY_ORDER = ["fedavg", "weights", "validation", "predictions", "oracle", "median", "trimmed_mean", "krum"]
@@ -165,13 +179,13 @@ def summary_lines(rows: list[dict]) -> list[str]:
         ch, tm = mean([r["change_vs_absent"] for r in sel]), mean([r["trust_mass_on_attackers"] for r in sel])
         if ch is None and tm is None:
             return DASH
-        return f"{DASH if ch is None else f'{100 * ch:+.1f} %'} / {DASH if tm is None else f'{100 * tm:.1f} %'}"
+        return f"{_pct(ch, unit=' %')} / {_pct(tm, sign='', unit=' %')}"
 
     def refs(strat):
         sel = [r for r in rows if r["strategy"] == strat]
         c = mean([r["clean_honest_mean_test_ppl"] for r in sel])
         a = mean([r["absent_honest_mean_test_ppl"] for r in sel])
-        return f"{DASH if c is None else f'{c:.2f}'} / {DASH if a is None else f'{a:.2f}'}"
+        return f"{_num(c, '.2f')} / {_num(a, '.2f')}"
 
     lines = ["| attack | " + " | ".join(strats) + " |", "|---|" + "---:|" * len(strats)]
     lines += [f"| {k} | " + " | ".join(cell(k, s) for s in strats) + " |" for k in kinds]
@@ -192,23 +206,17 @@ def write_robustness_table(out: Path, rows: list[dict] | None = None) -> dict[st
     kinds = [k for k in KINDS if any(r["attack"] == k for r in rows)]
     rows.sort(key=lambda r: (kinds.index(r["attack"]), order.get(r["strategy"], 99), r["seed"]))
 
-    def f(x, spec):
-        return DASH if x is None else format(x, spec)
-
-    def pct(x, spec=".1f", sign="+"):
-        return DASH if x is None else f"{100 * x:{sign}{spec}}%"
-
     table = [
         [
             r["attack"],
             r["strategy"],
-            f(r["honest_mean_test_ppl"], ".2f"),
-            f(r["clean_honest_mean_test_ppl"], ".2f"),
-            pct(r["change"]),
-            f(r["absent_honest_mean_test_ppl"], ".2f"),
-            pct(r["change_vs_absent"]),
-            pct(r["trust_mass_on_attackers"], sign=""),
-            f(r["rejected_messages"], "d"),
+            _num(r["honest_mean_test_ppl"], ".2f"),
+            _num(r["clean_honest_mean_test_ppl"], ".2f"),
+            _pct(r["change"]),
+            _num(r["absent_honest_mean_test_ppl"], ".2f"),
+            _pct(r["change_vs_absent"]),
+            _pct(r["trust_mass_on_attackers"], sign=""),
+            _num(r["rejected_messages"], "d"),
             DASH
             if r["dropped_from_attackers"] is None
             else f"{r['dropped_from_attackers']} / {r['dropped_from_honest']}",
