@@ -346,3 +346,23 @@ def test_grouped_attention_equals_eager_forward_bitwise_and_backward_closely():
         g, ref = out[NAME][1], out["eager"][1]
         assert ((g - ref).norm() / ref.norm()).item() < (2e-2 if bf16 else 1e-5)
         assert ref.norm() > 0
+
+
+def test_host_bit_streams_mask_each_user_alone_and_resume_exactly():
+    """CPU dropout streams (numpy SFC64): a user's mask depends on its own stream only, and a saved state continues
+    the stream exactly; a torch generator state (older checkpoints) is refused with a clear error."""
+    from trustlora.model.multilora import HostBits, dropout_seed, fast_dropout
+
+    x = torch.ones(4, 8, 16)
+    y = fast_dropout(x, 0.5, [HostBits(dropout_seed(0, u)) for u in (0, 1)])
+    assert not torch.equal(y[:2], y[2:])
+    assert 0.4 < float((y == 0).float().mean()) < 0.6
+    alone = HostBits(dropout_seed(0, 1))
+    assert torch.equal(fast_dropout(x[:2], 0.5, [alone]), y[2:])
+    state = copy.deepcopy(alone.get_state())
+    nxt = fast_dropout(x[:2], 0.5, [alone])
+    again = HostBits(123)
+    again.set_state(state)
+    assert torch.equal(fast_dropout(x[:2], 0.5, [again]), nxt)
+    with pytest.raises(ValueError, match="older"):
+        again.set_state(torch.Generator().get_state())
