@@ -178,3 +178,18 @@ def test_bf16_frozen_linears_give_identical_results_under_autocast():
     assert torch.equal(a[4], b[4])  # outside autocast: the fp32 weights, unchanged
     torch.testing.assert_close(c[4], a[4], rtol=0.05, atol=0.05)  # fp32 dropped: bf16 weights upcast
     assert not torch.equal(c[4], a[4])
+
+
+def test_frozen_head_nll_of_an_underflowing_label_probability_is_exact():
+    """fp32: a label whose softmax probability underflows (logit 300 below the rest) still gets its true nll and a
+    finite gradient (the forward's softmax pass falls back to log-softmax for that row)."""
+    w = torch.zeros(31, 2)
+    w[5, 0] = -300.0
+    h = torch.tensor([[1.0, 0.0], [1.0, 0.0]], requires_grad=True)
+    labels = torch.tensor([5, 6])
+    out = linear_cross_entropy(h, w, None, labels)
+    ref = F.cross_entropy(F.linear(h.double(), w.double()), labels, reduction="none")
+    torch.testing.assert_close(out.double(), ref, rtol=1e-6, atol=1e-5)
+    assert 300 < out[0].item() < 305
+    out.sum().backward()
+    assert torch.isfinite(h.grad).all()

@@ -366,3 +366,30 @@ def test_host_bit_streams_mask_each_user_alone_and_resume_exactly():
     assert torch.equal(fast_dropout(x[:2], 0.5, [again]), nxt)
     with pytest.raises(ValueError, match="older"):
         again.set_state(torch.Generator().get_state())
+
+
+def test_fast_rmsnorm_forward_bitwise_and_gradient_equal_to_autograd():
+    """load_base's RMSNorm for LLaMA-family models: HF's forward bitwise, input (and weight) gradients equal to
+    autograd through HF's formula to fp32 rounding, for fp32 and bf16 inputs."""
+    from trustlora.model.base import load_base
+    from trustlora.model.norm import RMSNormFunction, _forward
+
+    model, _ = load_base("tiny-random")
+    norm = model.model.norm
+    assert norm.forward.__func__ is _forward  # switched on CPU
+    g = torch.Generator().manual_seed(3)
+    w = (torch.rand(32, generator=g) + 0.5).requires_grad_()
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
+        x = (torch.randn(5, 7, 32, generator=g) * 3).to(dtype).requires_grad_()
+        up = torch.randn(5, 7, 32, generator=g).to(dtype)
+        xf = x.float()
+        ref = w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)).to(dtype)
+        out = RMSNormFunction.apply(x, w, 1e-6)
+        assert torch.equal(out, ref)
+        gx_ref, gw_ref = torch.autograd.grad((ref * up).sum(), (x, w))
+        gx, gw = torch.autograd.grad((out * up).sum(), (x, w))
+        torch.testing.assert_close(gx, gx_ref, rtol=tol, atol=tol)
+        torch.testing.assert_close(gw, gw_ref, rtol=tol, atol=tol)
+    with torch.no_grad():
+        h = torch.randn(2, 4, 32)
+        torch.testing.assert_close(norm(h), type(norm).forward(norm, h), rtol=0, atol=0)

@@ -61,6 +61,23 @@ def _chunk_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
     return torch.where(labels >= 0, -tgt, torch.zeros_like(lse)), lse
 
 
+def _softmax_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 logits [m, V], labels [m] (-100 allowed) -> (softmax [m, V], -log softmax at the label [m]).
+
+    One fused softmax pass instead of log-softmax then exp (two passes of exp over the chunk); the nll is -log of the
+    label's probability (absolute error ~1e-7), or, for a label whose probability underflowed (below 1e-30), taken from
+    log-softmax of that row."""
+    g = torch.softmax(logits, dim=-1)
+    idx = labels.clamp_min(0).unsqueeze(1)
+    p = g.gather(1, idx).squeeze(1)
+    nll = -torch.log(p)
+    tiny = p < 1e-30
+    if bool(tiny.any()):
+        r = tiny.nonzero().squeeze(1)
+        nll[r] = -torch.log_softmax(logits[r], dim=-1).gather(1, idx[r]).squeeze(1)
+    return g, nll
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, rows):
@@ -78,13 +95,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if not early:
                 nll[s : s + rows] = _chunk_nll(logits, lab)[0]
                 continue
-            logp = torch.log_softmax(logits, dim=-1)
-            tgt = logp.gather(1, lab.clamp_min(0).unsqueeze(1)).squeeze(1)
             valid = lab >= 0
-            nll[s : s + rows] = torch.where(valid, -tgt, torch.zeros_like(tgt))
-            g = logp.exp_()  # softmax, in place of the log-probs
+            g, nll_c = _softmax_nll(logits, lab)
+            nll[s : s + rows] = torch.where(valid, nll_c, torch.zeros_like(nll_c))
             g[valid, lab[valid]] -= 1.0
-            g *= valid.unsqueeze(1)
+            if not bool(valid.all()):
+                g[~valid] = 0.0  # rows that predict nothing (few: the last position of a window, padding)
             grad_rows[s : s + rows] = torch.matmul(g.to(weight.dtype), weight).to(hidden.dtype)
         ctx.rows = rows
         ctx.early = early
