@@ -288,8 +288,8 @@ class MultiLoRALinear(nn.Module):
         xa = torch.bmm(xd, a)  # (n, B*T, r)
         scale = self.scaling * self.shared.scale(self.training)
         y3 = y.reshape(n, -1, y.shape[-1])
-        if y3.dtype == xa.dtype:  # y + scale * (xa @ b) in one pass over the output
-            return torch.baddbmm(y3, xa, b, alpha=scale).reshape(y.shape)
+        if y3.dtype == xa.dtype:  # y += scale * (xa @ b), in place: the base output is not saved for any backward
+            return y3.baddbmm_(xa, b, alpha=scale).reshape(y.shape)
         return y + (torch.bmm(xa, b) * scale).reshape(y.shape).to(y.dtype)
 
 
