@@ -190,7 +190,7 @@ def main() -> None:
     if _cpu_has_fast_bf16():
         peaks["bf16"] = gemm_peak_gflops("bf16", repeats=10)
     peak = peaks[prec]
-    print("GEMM peak (1024^3, best of 10): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
+    print("GEMM peak (1024^3 and 2048^3, best of 10): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
     preload = dict(item.split("=", 1) for item in args.preload)
     ns = [int(x) for x in args.users.split(",")]
     variants = args.variants.split(",")

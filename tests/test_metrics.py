@@ -48,3 +48,21 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path / "no-such-run")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("trustlora: error:") and "\n" not in err and "Traceback" not in err
+
+
+def test_machine_peak_keeps_the_best_measurement_of_this_machine(tmp_path, monkeypatch):
+    """MFU's GEMM peak: the larger of a fresh measurement and the best recorded for this CPU/threads/torch/precision,
+    so one measurement in a busy moment does not inflate MFU; a corrupt record file is measured over."""
+    import json as _json
+
+    from trustlora.flops import machine_key, machine_peak_gflops
+
+    monkeypatch.setenv("TRUSTLORA_CACHE", str(tmp_path))
+    first = machine_peak_gflops("fp32", repeats=2)
+    stored = _json.loads((tmp_path / "gemm_peak.json").read_text())
+    assert stored[machine_key("fp32")] == first > 0
+    stored[machine_key("fp32")] = first * 100  # a better moment recorded earlier
+    (tmp_path / "gemm_peak.json").write_text(_json.dumps(stored))
+    assert machine_peak_gflops("fp32", repeats=2) == first * 100
+    (tmp_path / "gemm_peak.json").write_text("{not json")
+    assert 0 < machine_peak_gflops("fp32", repeats=2) < first * 100

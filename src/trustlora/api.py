@@ -31,7 +31,7 @@ from trustlora.comm import InProcess
 from trustlora.config import Config, ConfigError, dump_yaml, from_dict, load_config, read_yaml, to_dict
 from trustlora.data.partition import Partition, build_partition
 from trustlora.data.sources import load_documents
-from trustlora.flops import forward_flops_per_token, gemm_peak_gflops, phase_costs, train_flops_per_token
+from trustlora.flops import forward_flops_per_token, machine_peak_gflops, phase_costs, train_flops_per_token
 from trustlora.metrics import dominant_categories
 from trustlora.model import build_stack
 from trustlora.model.base import load_base, load_tokenizer
@@ -370,7 +370,7 @@ def run_users(cfg: Config, comm, ws: Workspace | None = None, progress: bool = T
         fwd,
         train_flops_per_token(mm.model, cfg.train.seq_len, mm.num_adapter_params()),
         wall,
-        gemm_peak_gflops(precision, str(mm.device)),
+        machine_peak_gflops(precision, str(mm.device)),
     )
     atomic_write_json(out / "summary.json", summary)
     report.write_run_report(out)

@@ -1,7 +1,8 @@
 """Model FLOPs of a run's phases and the machine's GEMM peak, for model FLOP utilisation (MFU).
 
     fwd = forward_flops_per_token(model, seq_len=128)      # 2 x matmul params + attention scores, per token
-    peak = gemm_peak_gflops("bf16", "cpu")                 # best of a few 1024^3 matmuls in that precision
+    peak = gemm_peak_gflops("bf16", "cpu")                 # best of a few 1024^3 and 2048^3 matmuls, that precision
+    peak = machine_peak_gflops("bf16", "cpu")              # the best this machine ever gave (cached on disk)
     mfu = achieved_gflops / peak
 
 Conventions (the usual ones for a frozen base with adapters): a forward costs 2 FLOPs per weight of every
@@ -15,11 +16,13 @@ backward, which is extra work the MFU does not credit.
 from __future__ import annotations
 
 import functools
+import json
 import time
 
 import torch
 from torch import nn
 
+from trustlora.cache import atomic_write_json, cache_dir
 from trustlora.model.multilora import is_conv1d
 
 
@@ -50,24 +53,69 @@ def train_flops_per_token(model: nn.Module, seq_len: int, adapter_params: int) -
 
 
 @functools.cache
-def gemm_peak_gflops(precision: str, device: str = "cpu", n: int = 1024, repeats: int = 5) -> float:
-    """GFLOP/s of the best of ``repeats`` ``n x n @ n x n`` matmuls in ``precision`` ('fp32' or 'bf16') on
-    ``device`` (cached per process; ~0.1 s on a 2-core CPU)."""
+def gemm_peak_gflops(
+    precision: str, device: str = "cpu", sizes: tuple[int, ...] = (1024, 2048), repeats: int = 5
+) -> float:
+    """GFLOP/s of the best of ``repeats`` ``n x n @ n x n`` matmuls in ``precision`` ('fp32' or 'bf16') on ``device``,
+    over the ``sizes`` n (cached per process; ~0.5 s on a 2-core CPU). Two sizes because oneDNN runs a 1024^3 bf16
+    matmul on one thread of a 2-core Xeon with AMX (~1,100 GFLOP/s with 1 or 2 threads) but 2048^3 on both (~1,900):
+    a 1024-only peak made every MFU read ~1.7x too high there."""
     dt = torch.bfloat16 if precision == "bf16" else torch.float32
     dev = torch.device(device)
-    a = torch.randn(n, n, device=dev).to(dt)
-    b = torch.randn(n, n, device=dev).to(dt)
-    torch.matmul(a, b)  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        torch.matmul(a, b)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * n**3 / best / 1e9
+    peak = 0.0
+    for n in sizes:
+        a = torch.randn(n, n, device=dev).to(dt)
+        b = torch.randn(n, n, device=dev).to(dt)
+        torch.matmul(a, b)  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            torch.matmul(a, b)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - t0)
+        peak = max(peak, 2.0 * n**3 / best / 1e9)
+    return peak
+
+
+def machine_key(precision: str, device: str = "cpu") -> str:
+    """What a GEMM peak depends on: the processor (CPU model name, or the GPU's), threads, torch version, precision."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        name = torch.cuda.get_device_name(dev)
+    else:
+        name = "cpu"
+        try:
+            with open("/proc/cpuinfo") as f:
+                name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+        except OSError:
+            pass
+    return f"{name} | {torch.get_num_threads()} threads | torch {torch.__version__} | {precision}"
+
+
+def machine_peak_gflops(precision: str, device: str = "cpu", repeats: int = 10) -> float:
+    """GEMM peak for MFU: the larger of a measurement now (best of ``repeats``) and the best one recorded for this
+    :func:`machine_key` in ``$TRUSTLORA_CACHE/gemm_peak.json``, which it updates. On a shared machine one measurement
+    can fall in a busy moment (a default run's end-of-run peak once read 437 GFLOP/s where the same CPU gives ~1,050):
+    an MFU against it would read high."""
+    now = gemm_peak_gflops(precision, device, repeats=repeats)
+    path = cache_dir() / "gemm_peak.json"
+    try:
+        seen = json.loads(path.read_text())
+        seen = seen if isinstance(seen, dict) else {}
+    except (OSError, ValueError):
+        seen = {}
+    key = machine_key(precision, device)
+    best = max(now, float(seen.get(key) or 0.0))
+    if best > float(seen.get(key) or 0.0):
+        seen[key] = best
+        try:
+            atomic_write_json(path, seen)
+        except OSError:
+            pass
+    return best
 
 
 def phase_costs(records: list[dict], fwd_per_token: float, train_per_token: float, wall_s: float, peak: float) -> dict:

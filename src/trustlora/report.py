@@ -233,8 +233,9 @@ def write_run_report(run_dir: Path) -> Path:
             "",
             format_table(["phase", "seconds", "share", "TFLOP", "GFLOP/s", "MFU"], prow),
             "",
-            f"_MFU: model FLOPs per second over this machine's measured GEMM peak "
-            f"({float(peak):.0f} GFLOP/s in {summary.get('precision')}; trustlora.flops)._"
+            f"_MFU: model FLOPs per second over this machine's GEMM peak "
+            f"({float(peak):.0f} GFLOP/s in {summary.get('precision')}: the best measured on this CPU, "
+            f"trustlora.flops.machine_peak_gflops)._"
             if is_number(peak)
             else "",
             "",
