@@ -61,17 +61,6 @@ def _chunk_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
     return torch.where(labels >= 0, -tgt, torch.zeros_like(lse)), lse
 
 
-def _head_blocks(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows: int):
-    """Yield ``(start, logits block)`` of the head over ``hidden`` in blocks of ``rows`` positions, or of ``2 x rows``
-    when the head computes in a 2-byte dtype (bf16 logits of two fp32 chunks fill the same bytes): the head GEMM
-    ``[M, d] @ [d, V]`` and its gradient GEMM run ~1.4x faster at M = 330 than at 165 on a 2-core Xeon."""
-    dt = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) else None
-    dt = dt or torch.promote_types(hidden.dtype, weight.dtype)
-    step = rows * (2 if dt.itemsize == 2 else 1)
-    for s in range(0, hidden.shape[0], step):
-        yield s, F.linear(hidden[s : s + step], weight, bias)
-
-
 def _softmax_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 logits [m, V], labels [m] (-100 allowed) -> (softmax [m, V], -log softmax at the label [m]).
 
@@ -100,22 +89,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
         # (no recomputed logits: one head matmul and one softmax pass fewer per chunk)
         early = ctx.needs_input_grad[0] and not any(ctx.needs_input_grad[1:3])
         grad_rows = torch.empty_like(hidden) if early else None
-        for s0, raw in _head_blocks(hidden, weight, bias, rows):
-            gb = torch.empty_like(raw) if early else None  # the block's softmax - onehot, in the head's dtype
-            for s in range(0, raw.shape[0], rows):
-                logits, lab = _up(raw[s : s + rows]), labels[s0 + s : s0 + s + rows]
-                if not early:
-                    nll[s0 + s : s0 + s + rows] = _chunk_nll(logits, lab)[0]
-                    continue
-                valid = lab >= 0
-                g, nll_c = _softmax_nll(logits, lab)
-                nll[s0 + s : s0 + s + rows] = torch.where(valid, nll_c, torch.zeros_like(nll_c))
-                g[valid, lab[valid]] -= 1.0
-                if not bool(valid.all()):
-                    g[~valid] = 0.0  # rows that predict nothing (few: the last position of a window, padding)
-                gb[s : s + rows] = g
-            if early:
-                grad_rows[s0 : s0 + raw.shape[0]] = torch.matmul(gb.to(weight.dtype), weight).to(hidden.dtype)
+        for s in range(0, hidden.shape[0], rows):
+            logits = _up(F.linear(hidden[s : s + rows], weight, bias))
+            lab = labels[s : s + rows]
+            if not early:
+                nll[s : s + rows] = _chunk_nll(logits, lab)[0]
+                continue
+            valid = lab >= 0
+            g, nll_c = _softmax_nll(logits, lab)
+            nll[s : s + rows] = torch.where(valid, nll_c, torch.zeros_like(nll_c))
+            g[valid, lab[valid]] -= 1.0
+            if not bool(valid.all()):
+                g[~valid] = 0.0  # rows that predict nothing (few: the last position of a window, padding)
+            grad_rows[s : s + rows] = torch.matmul(g.to(weight.dtype), weight).to(hidden.dtype)
         ctx.rows = rows
         ctx.early = early
         if early:
@@ -186,13 +172,11 @@ def head_scores(
     rows = rows or chunk_rows(weight.shape[0])
     nll = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
     vals, idxs = [], []
-    for s0, block in _head_blocks(hidden, weight, bias, rows):
-        for s in range(0, block.shape[0], rows):
-            raw = block[s : s + rows]
-            logits = _up(raw)
-            nll[s0 + s : s0 + s + rows], lse = _chunk_nll(logits, labels[s0 + s : s0 + s + rows])
-            if topk is None:
-                continue
+    for s in range(0, hidden.shape[0], rows):
+        raw = F.linear(hidden[s : s + rows], weight, bias)
+        logits = _up(raw)
+        nll[s : s + rows], lse = _chunk_nll(logits, labels[s : s + rows])
+        if topk is not None:
             k, space = topk
             # on the head's own output (bf16 under autocast: the same values, upcast exactly, and 1.4x faster)
             v, i = torch.topk(raw if raw.dtype == torch.bfloat16 else logits, k, dim=-1)
