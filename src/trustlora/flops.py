@@ -16,13 +16,12 @@ backward, which is extra work the MFU does not credit.
 from __future__ import annotations
 
 import functools
-import json
 import time
 
 import torch
 from torch import nn
 
-from trustlora.cache import atomic_write_json, cache_dir
+from trustlora.cache import atomic_write_json, cache_dir, read_json
 from trustlora.model.multilora import is_conv1d
 
 
@@ -102,14 +101,11 @@ def machine_peak_gflops(precision: str, device: str = "cpu", repeats: int = 10) 
     an MFU against it would read high."""
     now = gemm_peak_gflops(precision, device, repeats=repeats)
     path = cache_dir() / "gemm_peak.json"
-    try:
-        seen = json.loads(path.read_text())
-        seen = seen if isinstance(seen, dict) else {}
-    except (OSError, ValueError):
-        seen = {}
+    seen = read_json(path)
     key = machine_key(precision, device)
-    best = max(now, float(seen.get(key) or 0.0))
-    if best > float(seen.get(key) or 0.0):
+    recorded = float(seen.get(key) or 0.0)
+    best = max(now, recorded)
+    if best > recorded:
         seen[key] = best
         try:
             atomic_write_json(path, seen)

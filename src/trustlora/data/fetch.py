@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trustlora.cache import atomic_write_json, cache_dir, sha256_file
+from trustlora.cache import atomic_write_json, cache_dir, read_json, sha256_file
 from trustlora.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -87,15 +87,6 @@ def downloads_dir() -> Path:
 def source_dir(source: str) -> Path:
     """``<cache>/data/<source>``: the files extracted for ``source`` and their ``hashes.json`` (created)."""
     return cache_dir("data", source)
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """The JSON object in ``path``; ``{}`` when it is missing, unreadable or not an object."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 @contextmanager
