@@ -24,6 +24,7 @@ import torch
 
 from trustlora import base_eval
 from trustlora import checkpoint as ckpt
+from trustlora.alloc import loaded_allocator
 from trustlora.attacks import shuffle_tokens
 from trustlora.base_eval import model_fingerprint
 from trustlora.cache import atomic_write_json, atomic_write_text
@@ -335,6 +336,7 @@ def run_users(cfg: Config, comm, ws: Workspace | None = None, progress: bool = T
         "seed": cfg.seed,
         "runtime": cfg.runtime,
         "precision": resolve_precision(cfg.train.precision, mm.device),
+        "allocator": loaded_allocator(),  # tcmalloc when the CLI found it (trustlora.alloc), else glibc
         "users": n,
         "categories": part.categories,
         "user_categories": dominant_categories(part.mixture, part.categories),

@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from trustlora.alloc import tune_glibc_malloc
 
-    tune_glibc_malloc()  # keep big buffers in the heap between steps (TRUSTLORA_MALLOC=default turns it off)
+    tune_glibc_malloc()  # glibc: keep big buffers in the heap (no-op under tcmalloc or TRUSTLORA_MALLOC=default)
     args = build_parser().parse_args(argv)
     handlers = {"run": cmd_run, "compare": cmd_compare, "data": cmd_data, "sweep": cmd_sweep, "report": cmd_report}
     handlers["scale"] = cmd_scale
@@ -262,5 +262,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> int:
+    """The ``trustlora`` console script: re-executes itself once with tcmalloc preloaded when this machine has it
+    (:mod:`trustlora.alloc`; ``TRUSTLORA_MALLOC=glibc`` keeps glibc), then runs :func:`main`."""
+    from trustlora.alloc import reexec_with_allocator
+
+    try:
+        reexec_with_allocator()
+    except ValueError as e:  # a TRUSTLORA_MALLOC that names no file
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return main()
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(entry())

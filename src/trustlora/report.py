@@ -208,6 +208,7 @@ def write_run_report(run_dir: Path) -> Path:
         ["wall time", fmt_duration(summary.get("wall_time_s"))],
         ["training tokens/s", f"{float(tps):,.1f}" if is_number(tps) else DASH],
         ["precision", summary.get("precision") or DASH],
+        ["memory allocator", summary.get("allocator") or DASH],
     ]
     out += [format_table(["", "value"], cost), ""]
     phases = summary.get("phases")
