@@ -1,6 +1,7 @@
 """The stacked multi-user LoRA equals N independent PEFT models (forward, loss, gradients, export)."""
 
 import copy
+import types
 
 import pytest
 import torch
@@ -393,3 +394,41 @@ def test_fast_rmsnorm_forward_bitwise_and_gradient_equal_to_autograd():
     with torch.no_grad():
         h = torch.randn(2, 4, 32)
         torch.testing.assert_close(norm(h), type(norm).forward(norm, h), rtol=0, atol=0)
+
+
+def test_saving_swiglu_bitwise_equal_to_hf_mlp_forward_and_gradients():
+    """load_base's LLaMA-family MLPs keep gate(x) and up(x) only for the backward: the same outputs and gradients
+    (of the input and of the adapters), bitwise, as HF's MLP under autograd, in fp32 and bf16; one saved tensor
+    fewer."""
+    from trustlora.model.base import load_base
+    from trustlora.model.mlp import _forward
+
+    model, _ = load_base("tiny-random")
+    mlp = model.model.layers[0].mlp
+    assert mlp.forward.__func__ is _forward  # switched on CPU
+    mm = MultiLoRA(model, 2, LoraConfig(dropout=0.0))
+    mm.train()
+    g = torch.Generator().manual_seed(5)
+    mm.set_flat(torch.randn(mm.get_flat().shape, generator=g) * 0.1)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(4, 6, 32, generator=g).to(dtype).requires_grad_()
+        grads, outs, saved = [], [], []
+        for fwd in (_forward, type(mlp).forward):
+            mlp.forward = types.MethodType(fwd, mlp)
+            n = [0]
+
+            def pack(t, n=n):
+                n[0] += 1
+                return t
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                y = mlp(x)
+            params = [mm.layers[k].lora_A for k in mm.layers if k.startswith("model.layers.0.mlp")]
+            grads.append(torch.autograd.grad((y.float() * 1.7).sum(), [x, *params]))
+            outs.append(y.detach())
+            saved.append(n[0])
+        mlp.forward = types.MethodType(_forward, mlp)
+        assert torch.equal(outs[0], outs[1])
+        for a, b in zip(*grads, strict=True):
+            assert torch.equal(a, b)
+        assert saved[0] == saved[1] - 1

@@ -22,6 +22,7 @@ from torch import nn
 from trustlora.cache import cache_dir, sha256_file
 from trustlora.config import ConfigError
 from trustlora.model.attention import use_grouped_attention
+from trustlora.model.mlp import use_saving_swiglu
 from trustlora.model.norm import use_fast_rmsnorm
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -167,8 +168,9 @@ def cpu_attention(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
     """On CPU, HF's eager attention (matmul, softmax, matmul) instead of SDPA: for the short windows trained here
     PyTorch's CPU flash-attention kernel is ~3x slower in bf16 (fwd+bwd of 24 x 9 heads x 128 x 64: 43 ms vs 13 ms
     on a 2-core EPYC; equal in fp32). LLaMA-family models then get the same eager attention without K/V copies per
-    query head (:mod:`trustlora.model.attention`) and RMSNorm with a closed-form backward (:mod:`trustlora.model.norm`);
-    both keep the forward bitwise. GPUs keep SDPA and HF's norms."""
+    query head (:mod:`trustlora.model.attention`), RMSNorm with a closed-form backward (:mod:`trustlora.model.norm`)
+    and SwiGLU MLPs that save one activation less (:mod:`trustlora.model.mlp`); all keep the forward bitwise. GPUs
+    keep SDPA and HF's norms."""
     if device.type == "cpu" and hasattr(model, "set_attn_implementation"):
         try:
             model.set_attn_implementation("eager")
@@ -176,6 +178,7 @@ def cpu_attention(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
             return model
         use_grouped_attention(model)
         use_fast_rmsnorm(model)
+        use_saving_swiglu(model)
     return model
 
 
