@@ -175,7 +175,8 @@ def main() -> None:
         action="append",
         default=[],
         metavar="NAME=LIB",
-        help="allocator for variants 'chunked+NAME' (LD_PRELOAD), e.g. tcmalloc=.../libtcmalloc_minimal.so.4",
+        help="allocator for variants 'chunked+NAME' (LD_PRELOAD), e.g. tcmalloc=.../libtcmalloc_minimal.so.4 "
+        "(tcmalloc: default what trustlora.alloc finds)",
     )
     p.add_argument("--variant", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -196,6 +197,12 @@ def main() -> None:
         + ", ".join(f"{k} {v:.0f} GFLOP/s (best seen here {best[k]:.0f})" for k, v in peaks.items())
     )
     preload = dict(item.split("=", 1) for item in args.preload)
+    if "tcmalloc" not in preload:
+        from trustlora.alloc import find_tcmalloc
+
+        found = find_tcmalloc()  # what the CLI would preload ($TRUSTLORA_CACHE/alloc, the loader's cache, /usr/lib...)
+        if found:
+            preload["tcmalloc"] = found
     ns = [int(x) for x in args.users.split(",")]
     variants = args.variants.split(",")
     results: dict[str, dict[str, list[dict]]] = {}
