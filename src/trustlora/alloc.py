@@ -54,14 +54,16 @@ def setting(env: dict | None = None) -> str:
 
 
 def _alloc_cache() -> Path:
+    """``$TRUSTLORA_CACHE/alloc``, where :func:`fetch` unpacks the library (looking does not create it)."""
     from trustlora.cache import cache_dir
 
-    return cache_dir("alloc")
+    return cache_dir() / "alloc"
 
 
 def find_tcmalloc(extra_dirs: tuple[Path | str, ...] = ()) -> str | None:
     """Path (or loader name) of a tcmalloc library on this machine: ``extra_dirs``, ``$TRUSTLORA_CACHE/alloc``
-    (see :func:`fetch`), the dynamic loader's cache, the usual library folders; None if there is none."""
+    (see :func:`fetch`), the usual library folders, then the dynamic loader's cache (``ctypes.util.find_library``,
+    which runs ``ldconfig``/``gcc``: ~10 ms each, so last); None if there is none."""
     dirs = [Path(d) for d in extra_dirs]
     try:
         dirs.append(_alloc_cache())
@@ -72,14 +74,14 @@ def find_tcmalloc(extra_dirs: tuple[Path | str, ...] = ()) -> str | None:
             hits = sorted(d.rglob(name)) if d.is_dir() else []
             if hits:
                 return str(hits[0])
-    for name in ("tcmalloc_minimal", "tcmalloc"):
-        found = ctypes.util.find_library(name)
-        if found:
-            return found
     for d in _KNOWN_DIRS:
         for name in TCMALLOC_NAMES:
             if (Path(d) / name).is_file():
                 return str(Path(d) / name)
+    for name in ("tcmalloc_minimal", "tcmalloc"):
+        found = ctypes.util.find_library(name)
+        if found:
+            return found
     return None
 
 
@@ -148,6 +150,8 @@ def reexec_with_allocator() -> None:
 def fetch(dest: Path | None = None) -> Path:
     """Download Debian's ``libtcmalloc-minimal4`` with ``apt-get download`` (no root) and unpack its library into
     ``dest`` (default ``$TRUSTLORA_CACHE/alloc``), where :func:`find_tcmalloc` looks. Returns the library's path."""
+    from trustlora.cache import atomic_write_bytes
+
     dest = Path(dest) if dest is not None else _alloc_cache()
     for tool in ("apt-get", "dpkg-deb"):
         if shutil.which(tool) is None:
@@ -165,12 +169,7 @@ def fetch(dest: Path | None = None) -> Path:
         libs = sorted(unpacked.rglob(TCMALLOC_NAMES[0]))
         if not libs:
             raise RuntimeError(f"fetch: {debs[0].name} holds no {TCMALLOC_NAMES[0]}")
-        dest.mkdir(parents=True, exist_ok=True)
-        src = libs[0].resolve()
-        tmp_target = dest / f".{TCMALLOC_NAMES[0]}.tmp"
-        shutil.copyfile(src, tmp_target)
-        os.replace(tmp_target, dest / TCMALLOC_NAMES[0])
-    return dest / TCMALLOC_NAMES[0]
+        return atomic_write_bytes(dest / TCMALLOC_NAMES[0], libs[0].resolve().read_bytes())
 
 
 def main(argv: list[str] | None = None) -> int:
