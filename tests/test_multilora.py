@@ -432,3 +432,36 @@ def test_saving_swiglu_bitwise_equal_to_hf_mlp_forward_and_gradients():
         for a, b in zip(*grads, strict=True):
             assert torch.equal(a, b)
         assert saved[0] == saved[1] - 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sibling_layers_fuse_their_input_products_with_the_same_results(dtype):
+    """q/k/v and gate/up read one input: their x @ A products are one bmm (trustlora.model.multilora._InputGroup).
+    Losses and every adapter gradient (with dropout on, in a user chunk) equal those of separate products."""
+    mm = MultiLoRA(tiny_random_model(seed=0), N, LoraConfig(dropout=0.1), seed=0)
+    _random_adapters(mm)
+    groups = mm._shared.groups
+    names = sorted(tuple(n.rpartition(".")[2] for n, m in mm.layers.items() if m.group is g) for g in groups)
+    layers = len(mm.model.model.layers)
+    assert names == sorted([("q_proj", "k_proj", "v_proj")] * layers + [("gate_proj", "up_proj")] * layers)
+    ids = torch.randint(0, 256, (2 * B, T), generator=torch.Generator().manual_seed(2))
+    mm.train()
+    results = []
+    for fused in (True, False):
+        for layer in mm.layers.values():
+            layer.group = next((g for g in groups if layer in g.members), None) if fused else None
+        mm.reset_adapters(0)  # the same dropout streams for both passes
+        _random_adapters(mm)
+        with mm.slots(1, 3), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            nll, cnt = per_user_loss(mm(ids), ids, 2)
+        params = mm.adapter_parameters()
+        results.append((nll.detach(), torch.autograd.grad((nll / cnt).sum(), params)))
+    if dtype == torch.float32:
+        torch.testing.assert_close(results[0][0], results[1][0])
+        for a, b in zip(results[0][1], results[1][1], strict=True):
+            torch.testing.assert_close(a, b)
+    else:  # bf16 products: equal to bf16's rounding, measured over each whole gradient
+        torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-2, atol=1e-2)
+        for a, b in zip(results[0][1], results[1][1], strict=True):
+            assert (a - b).norm() <= 2e-2 * b.norm()
+    assert all(a.abs().sum() > 0 for a in results[0][1])

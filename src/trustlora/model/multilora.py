@@ -176,6 +176,7 @@ class _Shared:
         self._cast_in: torch.Tensor | None = None
         self._cast_out: torch.Tensor | None = None
         self.active: slice | None = None  # slots in the current forward (None = all): user chunking
+        self.groups: list[_InputGroup] = []  # sibling layers reading one input (q/k/v, gate/up): fused x @ A
 
     def active_slots(self) -> slice:
         return self.active if self.active is not None else slice(0, self.n_users)
@@ -223,6 +224,42 @@ class _Shared:
 
     def clear(self) -> None:
         self._last_in = self._last_out = self._cast_in = self._cast_out = None
+        for g in self.groups:
+            g.clear()
+
+
+SIBLINGS = ({"q_proj", "k_proj", "v_proj"}, {"gate_proj", "up_proj"}, {"w1", "w3"}, {"query", "key", "value"})
+"""Child names of linears that read the same input in the model families that have them (LLaMA, Mistral, Qwen, Phi-3's
+unfused variants, Mixtral's experts, BERT-style attention): their adapters' ``x @ A`` products are fused into one."""
+
+
+class _InputGroup:
+    """Adapted sibling layers that read one input tensor (q/k/v; gate/up): the first of them to see a new (dropped)
+    input computes ``x @ [A_1 | A_2 | ...]`` for all, the others take their r columns of it. One rank-3r ``bmm``
+    instead of three rank-r ones, and one input gradient ``g @ [A_1 | ...]^T`` (and one ``x^T @ g`` for the A
+    gradients) in the backward instead of three, whose sum autograd would otherwise accumulate pass by pass. The
+    result equals the separate products up to the GEMM's summation order. A new input, or a member asking twice (the
+    same tensor fed through the block again), starts a new product, so a cached one is never reused across passes."""
+
+    def __init__(self, members: list[MultiLoRALinear]):
+        self.members = members
+        self.src: torch.Tensor | None = None  # the dropped input the product below belongs to
+        self.xa: torch.Tensor | None = None  # (n, B*T, r * len(members))
+        self.served: set[int] = set()  # members that took their columns of xa (each once per product)
+
+    def product(self, layer: MultiLoRALinear, d: torch.Tensor, xd: torch.Tensor, sl: slice) -> torch.Tensor:
+        """``layer``'s ``xd @ A`` (n, B*T, r), with ``d`` the un-reshaped dropped input (the identity checked)."""
+        i, r = self.members.index(layer), layer.lora_A.shape[-1]
+        if self.src is not d or i in self.served:  # a new input, or a member's second call: a new product
+            a = torch.cat([m.lora_A[sl] for m in self.members], dim=-1)
+            self.xa = torch.bmm(xd, a.to(xd.dtype) if a.dtype != xd.dtype else a)
+            self.src, self.served = d, set()
+        self.served.add(i)
+        return self.xa[..., i * r : (i + 1) * r]  # type: ignore[index]
+
+    def clear(self) -> None:
+        self.src = self.xa = None
+        self.served = set()
 
 
 class MultiLoRALinear(nn.Module):
@@ -240,6 +277,7 @@ class MultiLoRALinear(nn.Module):
         self.scaling = alpha / r
         self.fan_in_fan_out = is_conv1d(base)
         self.lowp: tuple[torch.Tensor, torch.Tensor | None] | None = None  # frozen weight pre-cast (see keep_lowp)
+        self.group: _InputGroup | None = None  # siblings reading the same input (set by MultiLoRA)
 
     @torch.no_grad()
     def keep_lowp(self, dtype: torch.dtype, drop_full: bool = False) -> int:
@@ -285,15 +323,38 @@ class MultiLoRALinear(nn.Module):
         # output, not on a reshaped view of it: autograd records an in-place op on a view as CopySlices, whose
         # backward clones the gradient twice (fp32 step +4 %)
         y3 = self._base(xl.reshape(n, -1, shape[-1]))
-        xd = self.shared.dropped(xl, self.training).reshape(n, -1, shape[-1])  # (n, B*T, in)
-        if xd.dtype != a.dtype:
-            a, b = a.to(xd.dtype), b.to(xd.dtype)
-        xa = torch.bmm(xd, a)  # (n, B*T, r)
+        d = self.shared.dropped(xl, self.training)
+        xd = d.reshape(n, -1, shape[-1])  # (n, B*T, in)
+        if xd.dtype != b.dtype:
+            b = b.to(xd.dtype)
+        if self.group is not None:
+            xa = self.group.product(self, d, xd, sl)  # (n, B*T, r), fused with the siblings'
+        else:
+            xa = torch.bmm(xd, a.to(xd.dtype) if a.dtype != xd.dtype else a)  # (n, B*T, r)
         scale = self.scaling * self.shared.scale(self.training)
         out_shape = (*shape[:-1], y3.shape[-1])
         if y3.dtype == xa.dtype:  # y += scale * (xa @ b), in place: the base output is not saved for any backward
             return y3.baddbmm_(xa, b, alpha=scale).reshape(out_shape)
         return (y3 + (torch.bmm(xa, b) * scale).to(y3.dtype)).reshape(out_shape)
+
+
+def input_groups(layers: dict[str, MultiLoRALinear]) -> list[_InputGroup]:
+    """Groups of >= 2 adapted layers under one parent whose child names form (part of) a :data:`SIBLINGS` set and
+    whose inputs have one width; each member's ``group`` is set."""
+    by_key: dict[tuple[str, int, int], list[MultiLoRALinear]] = {}
+    for name, layer in layers.items():
+        parent, _, child = name.rpartition(".")
+        for k, names in enumerate(SIBLINGS):
+            if child in names:
+                by_key.setdefault((parent, k, layer.lora_A.shape[1]), []).append(layer)
+    groups = []
+    for members in by_key.values():
+        if len(members) > 1:
+            g = _InputGroup(members)
+            for m in members:
+                m.group = g
+            groups.append(g)
+    return groups
 
 
 def plain_lm_head(model: nn.Module) -> nn.Linear | None:
@@ -323,6 +384,7 @@ class MultiLoRA(StackBase):
             wrapped = MultiLoRALinear(getattr(parent, child), self._shared, cfg.r, cfg.alpha)
             setattr(parent, child, wrapped)
             self.layers[name] = wrapped
+        self._shared.groups = input_groups(self.layers)
 
     @property
     def device(self) -> torch.device:
