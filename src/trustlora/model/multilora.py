@@ -255,7 +255,10 @@ class _InputGroup:
             self.xa = torch.bmm(xd, a.to(xd.dtype) if a.dtype != xd.dtype else a)
             self.src, self.served = d, set()
         self.served.add(i)
-        return self.xa[..., i * r : (i + 1) * r]  # type: ignore[index]
+        out = self.xa[..., i * r : (i + 1) * r]  # type: ignore[index]
+        if len(self.served) == len(self.members):  # every member served: hold neither the input nor the product
+            self.clear()  # (an evaluation pass would otherwise keep every layer's input alive to the forward's end)
+        return out
 
     def clear(self) -> None:
         self.src = self.xa = None
