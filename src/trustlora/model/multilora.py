@@ -252,7 +252,7 @@ class _InputGroup:
         i, r = self.members.index(layer), layer.lora_A.shape[-1]
         if self.src is not d or i in self.served:  # a new input, or a member's second call: a new product
             a = torch.cat([m.lora_A[sl] for m in self.members], dim=-1)
-            self.xa = torch.bmm(xd, a.to(xd.dtype) if a.dtype != xd.dtype else a)
+            self.xa = torch.bmm(xd, a.to(xd.dtype))  # .to is the tensor itself when the dtype matches
             self.src, self.served = d, set()
         self.served.add(i)
         out = self.xa[..., i * r : (i + 1) * r]  # type: ignore[index]
@@ -328,12 +328,11 @@ class MultiLoRALinear(nn.Module):
         y3 = self._base(xl.reshape(n, -1, shape[-1]))
         d = self.shared.dropped(xl, self.training)
         xd = d.reshape(n, -1, shape[-1])  # (n, B*T, in)
-        if xd.dtype != b.dtype:
-            b = b.to(xd.dtype)
+        b = b.to(xd.dtype)
         if self.group is not None:
             xa = self.group.product(self, d, xd, sl)  # (n, B*T, r), fused with the siblings'
         else:
-            xa = torch.bmm(xd, a.to(xd.dtype) if a.dtype != xd.dtype else a)  # (n, B*T, r)
+            xa = torch.bmm(xd, a.to(xd.dtype))  # (n, B*T, r)
         scale = self.scaling * self.shared.scale(self.training)
         out_shape = (*shape[:-1], y3.shape[-1])
         if y3.dtype == xa.dtype:  # y += scale * (xa @ b), in place: the base output is not saved for any backward
