@@ -248,32 +248,40 @@ class Rounds:
         return self.evaluate(0, 0, full=True, base=True, with_sub="after" if self.cfg.eval.during_tokens else "")
 
     # ---- messages and trust -------------------------------------------------------------------
-    def _val_cross(self, thetas: torch.Tensor, before: torch.Tensor | None = None) -> torch.Tensor:
+    def _val_cross(
+        self, thetas: torch.Tensor, before: torch.Tensor | None = None, allowed: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """[n_local, N] CE on each local user's val split of every user's candidate: model ``thetas[j]`` or, with
         ``before`` ([n_local, P], the local users' models before the round), ``before[i] + thetas[j]`` (``thetas``
-        being the published updates: what update mode would mix in).
+        being the published updates: what update mode would mix in). ``allowed`` ([n_local, N] bool): only those
+        pairs are scored (the others are NaN), so a row that may not take a peer (topology, a rejected or absent
+        sender, a peer budget) costs no evaluation of it.
 
         Candidates are loaded into this process's slots chunk by chunk (one chunk of models in simulation).
         """
         n_local, n = len(self.users), self.comm.n_users
         own = self.mm.get_flat()
-        out = torch.zeros(n_local, n, dtype=torch.float64)
-        for start in range(0, n, n_local):
-            chunk = list(range(start, min(start + n_local, n)))
-            slots = thetas[chunk].to(own.device)
-            # models already in the slots (simulation: every user's own, unless a slot published something else:
-            # a simulated attacker's lie, a sanitised message) are scored as loaded
-            loaded = (
-                before is None
-                and chunk == self.users
-                and n_local == n
-                and slots.dtype == own.dtype
-                and torch.equal(slots, own)
-            )
-            for i in range(n_local):
-                cands = None if loaded else slots if before is None else before[i : i + 1].to(own.device) + slots
-                out[i, chunk] = self._val_scores(i, cands)[: len(chunk)]
-        self.mm.set_flat(own)
+        out = torch.full((n_local, n), float("nan"), dtype=torch.float64)
+        moved = False  # the slots hold candidates, not the users' own adapters
+        for i in range(n_local):
+            js = list(range(n)) if allowed is None else allowed[i].nonzero().flatten().tolist()
+            for start in range(0, len(js), n_local):
+                chunk = js[start : start + n_local]
+                slots = thetas[chunk].to(own.device)
+                # models already in the slots (simulation: every user's own, unless a slot published something
+                # else: a simulated attacker's lie, a sanitised message) are scored as loaded
+                loaded = before is None and chunk == self.users and slots.dtype == own.dtype and torch.equal(slots, own)
+                if loaded:
+                    if moved:
+                        self.mm.set_flat(own)
+                        moved = False
+                    out[i, chunk] = self._val_scores(i)
+                    continue
+                cands = slots if before is None else before[i : i + 1].to(own.device) + slots
+                out[i, chunk] = self._val_scores(i, cands, active=len(chunk))[: len(chunk)]
+                moved = True
+        if moved:
+            self.mm.set_flat(own)
         return out
 
     def _val_scores(self, i: int, cands: torch.Tensor | None = None, active: int | None = None) -> torch.Tensor:
@@ -654,7 +662,8 @@ class Rounds:
                 "W": w.tolist(),
                 # how well these rows follow the data structure (trustlora.trust.quality); api merges ranks
                 "quality": None if self.mixture is None else trust_quality(w, self.users, self.mixture),
-                "scores": None if scores is None else scores.tolist(),
+                # pairs not scored (NaN: outside the graph, a peer budget) are written as null
+                "scores": None if scores is None else [[None if x != x else x for x in row] for row in scores.tolist()],
                 "bytes": self.comm.sent_bytes(),
                 "rejected": faults["rejected"],  # messages dropped by the receiving-side checks (trustlora.guard)
                 "absent": faults["absent"],  # users who missed this round (faults.dropout_prob)

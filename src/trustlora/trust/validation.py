@@ -51,6 +51,11 @@ class ValidationOptions:
     best such candidate's gain over the receiver's model before the round; 'auto' = 'update' in update mode, 'model'
     in weight mode. 'model' trusts a peer whose model is good but whose update is a lie (sign_flip, noise) unless
     ``faults.update_check`` drops it; see README 'Faulty and lying peers'."""
+    val_peers: int | str = "all"
+    """Peers each user scores a round besides its own model: 'all' (the paper: N^2 evaluations a round) or k >= 1
+    (N * (k + 1): the cost grows with N, not N^2). The k are the ceil(k/2) nearest in adapter space (the distance
+    ``weights`` uses, free: the models are exchanged anyway) and k - ceil(k/2) drawn at random from the rest (seeded
+    by run seed, round and user, so every peer keeps a chance); the others weigh 0 in that round's row."""
 
     def validate(self) -> None:
         expect(
@@ -58,6 +63,12 @@ class ValidationOptions:
             "trust.val_tokens",
             "an integer >= 2",
             self.val_tokens,
+        )
+        expect(
+            self.val_peers == "all" or (isinstance(self.val_peers, int) and self.val_peers >= 1),
+            "trust.val_peers",
+            "'all' or an integer >= 1",
+            self.val_peers,
         )
         expect(self.val_metric in ("loss", "ppl"), "trust.val_metric", "'loss' or 'ppl'", self.val_metric)
         expect(self.val_reference in ("self", "best"), "trust.val_reference", "'self' or 'best'", self.val_reference)
@@ -84,6 +95,31 @@ def validation_gain(
     if mask is not None:
         s = torch.where(mask.bool(), s, torch.full_like(s, float("inf")))
     return base_losses.double() - s.min(dim=1).values
+
+
+def peer_budget(
+    points: torch.Tensor, rows: list[int], k: int, allowed: torch.Tensor | None = None, seed: int = 0
+) -> torch.Tensor:
+    """Which candidates each row scores: ``[n, N]`` bool, self plus at most ``k`` allowed peers (all of them when
+    fewer): the ``ceil(k / 2)`` nearest to the row's own point in ``points`` ([N, P]: adapters or updates,
+    Euclidean) and the rest drawn uniformly from the other allowed peers. Each row draws from its own generator
+    (``seed`` and the row's user), so a row does not depend on which other rows a process computes."""
+    n, big_n = len(rows), points.shape[0]
+    ok = torch.ones(n, big_n, dtype=torch.bool) if allowed is None else allowed.bool()
+    out = torch.zeros(n, big_n, dtype=torch.bool)
+    pts = points.double()
+    for a, u in enumerate(rows):
+        out[a, u] = True
+        peers = [j for j in range(big_n) if j != u and bool(ok[a, j])]
+        if len(peers) <= k:
+            out[a, peers] = True
+            continue
+        near = (pts[peers] - pts[u]).norm(dim=1).argsort()[: (k + 1) // 2].tolist()
+        rest = [p for q, p in enumerate(peers) if q not in near]
+        g = torch.Generator().manual_seed(1_000_003 * seed + u)
+        drawn = torch.randperm(len(rest), generator=g)[: k - len(near)].tolist()
+        out[a, [peers[q] for q in near] + [rest[q] for q in drawn]] = True
+    return out
 
 
 VALIDATION_TEMPERATURE = 0.3
@@ -123,15 +159,22 @@ class Validation(Strategy):
         return {"val_base_losses": torch.tensor(loss, dtype=torch.float64)}
 
     def prepare(self, inp, ctx) -> None:
-        """S's inputs: every peer's candidate scored on each local user's val tokens (``inp.val_losses``); scoring
-        updates, also the user's own model before the round (``inp.val_before_losses``, the unit's reference)."""
-        if candidate(ctx.cfg.trust) == "update":  # candidates = my model before the round + each peer's update
+        """S's inputs: every allowed peer's candidate scored on each local user's val tokens (``inp.val_losses``;
+        with ``trust.val_peers=k`` only the budget's, the others masked out of the row); scoring updates, also the
+        user's own model before the round (``inp.val_before_losses``, the unit's reference)."""
+        tc = ctx.cfg.trust
+        update = candidate(tc) == "update"  # candidates = my model before the round + each peer's update
+        points = inp.extra["delta"] if update else inp.theta
+        if tc.val_peers != "all":
+            seed = 7_919 * ctx.cfg.seed + ctx.round  # a new draw every round, the same on every runtime
+            inp.mask = peer_budget(points, inp.users, int(tc.val_peers), inp.mask, seed)
+        if update:
             ctx.progress("trust: peers' updates on val")
-            inp.val_losses = ctx.val_cross(inp.extra["delta"], before=ctx.before)
+            inp.val_losses = ctx.val_cross(points, before=ctx.before, allowed=inp.mask)
             inp.val_before_losses = ctx.val_loss(ctx.before)
         else:
             ctx.progress("trust: peers on val")
-            inp.val_losses = ctx.val_cross(inp.theta)
+            inp.val_losses = ctx.val_cross(points, allowed=inp.mask)
 
     def trust(self, inp, cfg):
         s = validation_scores(inp.val_losses, cfg.val_metric)

@@ -1,0 +1,19 @@
+#!/bin/bash
+# trust.val_tokens validation study: strategy validation, one seed, 4 families x val-token budgets
+. .venv/bin/activate && mkdir -p runs/valtok  # run from the repository root
+for V in 512 256; do
+for fam in default cpu/news-high cpu/multilingual-high cpu/codewiki-high; do
+  name=$(echo $fam | tr / -)-$V
+  [ -f runs/valtok/$name/summary.json ] && continue
+  echo "== $name $(date +%T)"
+  trustlora run --no-progress --config configs/$fam.yaml strategy=validation trust.val_tokens=$V out=runs/valtok/$name > runs/valtok/$name.log 2>&1 || echo "FAILED $name"
+done; done
+# the same cost by fewer peers instead of fewer tokens: trust.val_peers = k, (1 + k) / N ~ 1/2
+for spec in default:2 cpu/news-high:3 cpu/multilingual-high:3 cpu/codewiki-high:3; do
+  fam=${spec%%:*}; k=${spec##*:}
+  name=$(echo $fam | tr / -)-512-k$k
+  [ -f runs/valtok/$name/summary.json ] && continue
+  echo "== $name $(date +%T)"
+  trustlora run --no-progress --config configs/$fam.yaml strategy=validation trust.val_tokens=512 trust.val_peers=$k out=runs/valtok/$name > runs/valtok/$name.log 2>&1 || echo "FAILED $name"
+done
+echo "== peers done $(date +%T)"
