@@ -53,9 +53,10 @@ class ValidationOptions:
     ``faults.update_check`` drops it; see README 'Faulty and lying peers'."""
     val_peers: int | str = "all"
     """Peers each user scores a round besides its own model: 'all' (the paper: N^2 evaluations a round) or k >= 1
-    (N * (k + 1): the cost grows with N, not N^2). The k are the ceil(k/2) nearest in adapter space (the distance
-    ``weights`` uses, free: the models are exchanged anyway) and k - ceil(k/2) drawn at random from the rest (seeded
-    by run seed, round and user, so every peer keeps a chance); the others weigh 0 in that round's row."""
+    (N * (k + 1): the cost grows with N, not N^2). The k are the ceil(k/2) nearest in adapter space (||theta_i -
+    theta_j||, or the updates' distance when scoring updates: free, the models are exchanged anyway; with
+    ``lora.same_init`` it is the distance ``weights`` trusts by) and k - ceil(k/2) drawn at random from the rest
+    (seeded by run seed, round and user, so every peer keeps a chance); the others weigh 0 in that round's row."""
 
     def validate(self) -> None:
         expect(
