@@ -6,7 +6,7 @@ import torch
 
 from trustlora import api
 from trustlora.config import load_config
-from trustlora.trust.validation import impute_nearest, peer_budget
+from trustlora.trust.validation import peer_budget
 
 
 def _points(n: int, p: int = 5, seed: int = 0) -> torch.Tensor:
@@ -76,7 +76,7 @@ def _trust_records(run_dir):
 
 def test_run_with_a_peer_budget_scores_and_trusts_only_the_budget(tiny_overrides, tmp_path):
     over = tiny_overrides + ["strategy=validation", "data.users=4", "faults.update_check=none"]
-    cfg = load_config(None, over + ["trust.val_peers=1", "trust.val_unscored=drop", f"out={tmp_path / 'k1'}"])
+    cfg = load_config(None, over + ["trust.val_peers=1", f"out={tmp_path / 'k1'}"])
     run = api.run(cfg, progress=False, log=lambda *a: None)
     full = api.run(load_config(None, over + [f"out={tmp_path / 'all'}"]), progress=False, log=lambda *a: None)
     trust = _trust_records(run)
@@ -91,25 +91,3 @@ def test_run_with_a_peer_budget_scores_and_trusts_only_the_budget(tiny_overrides
     per_eval = -(-min(cfg.data.val_tokens, cfg.trust.val_tokens) // cfg.train.seq_len) * cfg.train.seq_len
     saved = sum(r["positions"] for r in _trust_records(full)) - sum(r["positions"] for r in trust)
     assert saved == len(trust) * 4 * (4 - 2) * per_eval  # N (1 + k) = 8 evaluations a round instead of N^2 = 16
-
-
-def test_unscored_peers_take_the_score_of_the_nearest_scored_candidate():
-    pts = torch.tensor([[0.0], [10.0], [0.5], [9.0], [20.0]])
-    scores = torch.tensor([[1.0, 3.0, float("nan"), float("nan"), float("nan")]], dtype=torch.float64)
-    scored = torch.tensor([[True, True, False, False, False]])
-    allowed = torch.tensor([[True, True, True, True, False]])
-    out = impute_nearest(scores, scored, allowed, pts)
-    assert out[0, :4].tolist() == [1.0, 3.0, 1.0, 3.0]  # 2 is next to self (0), 3 next to peer 1
-    assert out[0, 4].isnan()  # not allowed: stays unscored
-    assert scores[0, 2].isnan()  # the input is not changed
-
-
-def test_run_with_a_peer_budget_imputes_unscored_peers(tiny_overrides, tmp_path):
-    over = tiny_overrides + ["strategy=validation", "data.users=4", "faults.update_check=none", "trust.val_peers=1"]
-    run = api.run(load_config(None, over + [f"out={tmp_path / 'k1'}"]), progress=False, log=lambda *a: None)
-    for r in _trust_records(run):
-        w, s = torch.tensor(r["W"]), r["scores"]
-        assert all(x is not None for row in s for x in row)  # every allowed peer has a score (imputed)
-        assert bool((w > 0).all())  # and a weight: the row still averages over everyone
-        for row in s:  # imputed scores are copies of the row's scored ones: at most 2 distinct values
-            assert len(set(row)) <= 2

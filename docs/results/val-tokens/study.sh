@@ -14,7 +14,7 @@ for spec in default:2 cpu/news-high:3 cpu/multilingual-high:3 cpu/codewiki-high:
   name=$(echo $fam | tr / -)-512-k$k
   [ -f runs/valtok/$name/summary.json ] && continue
   echo "== $name $(date +%T)"
-  trustlora run --no-progress --config configs/$fam.yaml strategy=validation trust.val_tokens=512 trust.val_peers=$k trust.val_unscored=drop out=runs/valtok/$name > runs/valtok/$name.log 2>&1 || echo "FAILED $name"
+  trustlora run --no-progress --config configs/$fam.yaml strategy=validation trust.val_tokens=512 trust.val_peers=$k out=runs/valtok/$name > runs/valtok/$name.log 2>&1 || echo "FAILED $name"
 done
 echo "== peers done $(date +%T)"
 # many users: N = 24 on the scaling preset (LibreOffice fr/it/de, batch 1, its trust.val_tokens 256), all vs k = 4
@@ -22,16 +22,6 @@ for k in all 4; do
   name=scale24-$k
   [ -f runs/valtok/$name/summary.json ] && continue
   echo "== $name $(date +%T)"
-  trustlora run --no-progress --config configs/cpu/scale-multilingual.yaml data.users=24 strategy=validation trust.val_peers=$k trust.val_unscored=drop out=runs/valtok/$name > runs/valtok/$name.log 2>&1 || echo "FAILED $name"
+  trustlora run --no-progress --config configs/cpu/scale-multilingual.yaml data.users=24 strategy=validation trust.val_peers=$k out=runs/valtok/$name > runs/valtok/$name.log 2>&1 || echo "FAILED $name"
 done
 echo "== scale done $(date +%T)"
-# unscored peers imputed from the nearest scored candidate (trust.val_unscored=nearest) instead of dropped
-for spec in default:2 cpu/news-high:3 cpu/multilingual-high:3 cpu/codewiki-high:3 cpu/scale-multilingual:4; do
-  fam=${spec%%:*}; k=${spec##*:}
-  name=$(echo $fam | tr / -)-512-k$k-nearest; extra="trust.val_tokens=512"
-  [ "$fam" = cpu/scale-multilingual ] && name=scale24-$k-nearest && extra="data.users=24"
-  [ -f runs/valtok/$name/summary.json ] && continue
-  echo "== $name $(date +%T)"
-  trustlora run --no-progress --config configs/$fam.yaml strategy=validation $extra trust.val_peers=$k trust.val_unscored=nearest out=runs/valtok/$name > runs/valtok/$name.log 2>&1 || echo "FAILED $name"
-done
-echo "== nearest done $(date +%T)"

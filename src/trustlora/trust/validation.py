@@ -56,12 +56,8 @@ class ValidationOptions:
     (N * (k + 1): the cost grows with N, not N^2). The k are the ceil(k/2) nearest in adapter space (||theta_i -
     theta_j||, or the updates' distance when scoring updates: free, the models are exchanged anyway; with
     ``lora.same_init`` it is the distance ``weights`` trusts by) and k - ceil(k/2) drawn at random from the rest
-    (seeded by run seed, round and user, so every peer keeps a chance); ``val_unscored`` says what the others
-    score."""
-    val_unscored: str = "nearest"
-    """With ``val_peers=k``, an allowed peer left unscored this round: 'nearest' (default) scores what the scored
-    candidate nearest to it in adapter space scored (self included: a model next to a good one is trusted like it,
-    so a row still averages over all its peers), 'drop' weighs it 0 in that round's row."""
+    (seeded by run seed, round and user, so every peer keeps a chance); the others weigh 0 in that round's row
+    (docs/results/val-tokens/RUN.md)."""
 
     def validate(self) -> None:
         expect(
@@ -76,7 +72,6 @@ class ValidationOptions:
             "'all' or an integer >= 1",
             self.val_peers,
         )
-        expect(self.val_unscored in ("nearest", "drop"), "trust.val_unscored", "'nearest' or 'drop'", self.val_unscored)
         expect(self.val_metric in ("loss", "ppl"), "trust.val_metric", "'loss' or 'ppl'", self.val_metric)
         expect(self.val_reference in ("self", "best"), "trust.val_reference", "'self' or 'best'", self.val_reference)
         expect(
@@ -129,23 +124,6 @@ def peer_budget(
     return out
 
 
-def impute_nearest(
-    scores: torch.Tensor, scored: torch.Tensor, allowed: torch.Tensor | None, points: torch.Tensor
-) -> torch.Tensor:
-    """``scores`` [n, N] with entries only where ``scored`` -> a copy where every other ``allowed`` entry (j) holds
-    the score of the scored candidate of its row nearest to point j (``points`` [N, P], Euclidean)."""
-    out = scores.clone()
-    ok = torch.ones_like(scored, dtype=torch.bool) if allowed is None else allowed.bool()
-    pts = points.double()
-    for a in range(scores.shape[0]):
-        have = scored[a].nonzero().flatten()
-        miss = (ok[a] & ~scored[a]).nonzero().flatten()
-        if len(miss) and len(have):
-            near = torch.cdist(pts[miss], pts[have]).argmin(dim=1)
-            out[a, miss] = scores[a, have[near]]
-    return out
-
-
 VALIDATION_TEMPERATURE = 0.3
 """Default tau of the relative scale for this strategy (chosen on val ppl, two corpora; see the module docstring)."""
 
@@ -184,7 +162,7 @@ class Validation(Strategy):
 
     def prepare(self, inp, ctx) -> None:
         """S's inputs: every allowed peer's candidate scored on each local user's val tokens (``inp.val_losses``;
-        with ``trust.val_peers=k`` only the budget's, the others imputed or masked out of the row); scoring updates,
+        with ``trust.val_peers=k`` only the budget's, the others masked out of the row); scoring updates,
         also the user's own model before the round (``inp.val_before_losses``, the unit's reference)."""
         tc = ctx.cfg.trust
         update = candidate(tc) == "update"  # candidates = my model before the round + each peer's update
@@ -200,11 +178,7 @@ class Validation(Strategy):
         else:
             ctx.progress("trust: peers on val")
             inp.val_losses = ctx.val_cross(points, allowed=scored)
-        if tc.val_peers != "all":
-            if tc.val_unscored == "nearest":
-                inp.val_losses = impute_nearest(inp.val_losses, scored, inp.mask, points)
-            else:
-                inp.mask = scored
+        inp.mask = scored
 
     def trust(self, inp, cfg):
         s = validation_scores(inp.val_losses, cfg.val_metric)
