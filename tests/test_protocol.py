@@ -451,3 +451,24 @@ def test_validation_scores_what_peers_published_not_what_is_loaded(tiny_override
         assert cross[i, 1].item() == pytest.approx(ref.item(), rel=1e-6)
         assert cross[i, 1].item() != pytest.approx(same[i, 1].item(), rel=1e-4)
     torch.testing.assert_close(cross[:, [0, 2]], same[:, [0, 2]], rtol=1e-6, atol=1e-6)
+
+
+def test_val_cross_scores_only_allowed_pairs(tiny_overrides):
+    """A row scores only the pairs it may take (trust.val_peers, topology, dropped senders): the others cost no
+    evaluation and stay NaN."""
+    cfg = load_config(None, tiny_overrides + ["strategy=validation"])
+    proto = _rounds(cfg)
+    g = torch.Generator().manual_seed(3)
+    flat = proto.mm.get_flat()
+    thetas = flat + torch.randn(flat.shape, generator=g) * 0.05
+    full = proto._val_cross(thetas)
+    allowed = torch.tensor([[True, False, True], [True, True, False], [False, False, True]])
+    pos0 = proto.mm.positions
+    part = proto._val_cross(thetas, allowed=allowed)
+    pos_part = proto.mm.positions - pos0
+    torch.testing.assert_close(part[allowed], full[allowed], rtol=1e-6, atol=1e-6)
+    assert bool(part[~allowed].isnan().all())
+    torch.testing.assert_close(proto.mm.get_flat(), flat)  # the slots hold their adapters again
+    pos0 = proto.mm.positions
+    proto._val_cross(thetas)
+    assert pos_part * 9 == (proto.mm.positions - pos0) * 5  # 5 of 9 pairs evaluated

@@ -48,27 +48,6 @@ def test_budget_rows_do_not_depend_on_which_rows_a_process_computes():
     assert torch.equal(whole, parts)
 
 
-def test_val_cross_scores_only_allowed_pairs(tiny_overrides):
-    from tests.test_protocol import _rounds
-
-    cfg = load_config(None, tiny_overrides + ["strategy=validation"])
-    proto = _rounds(cfg)
-    g = torch.Generator().manual_seed(3)
-    flat = proto.mm.get_flat()
-    thetas = flat + torch.randn(flat.shape, generator=g) * 0.05
-    full = proto._val_cross(thetas)
-    allowed = torch.tensor([[True, False, True], [True, True, False], [False, False, True]])
-    pos0 = proto.mm.positions
-    part = proto._val_cross(thetas, allowed=allowed)
-    pos_part = proto.mm.positions - pos0
-    torch.testing.assert_close(part[allowed], full[allowed], rtol=1e-6, atol=1e-6)
-    assert bool(part[~allowed].isnan().all())
-    torch.testing.assert_close(proto.mm.get_flat(), flat)  # the slots hold their adapters again
-    pos0 = proto.mm.positions
-    proto._val_cross(thetas)
-    assert pos_part * 9 == (proto.mm.positions - pos0) * 5  # 5 of 9 pairs evaluated
-
-
 def _trust_records(run_dir):
     recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [r for r in recs if r["kind"] == "trust"]
