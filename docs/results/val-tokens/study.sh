@@ -18,7 +18,7 @@ for spec in default:2 cpu/news-high:3 cpu/multilingual-high:3 cpu/codewiki-high:
 done
 echo "== peers done $(date +%T)"
 # many users: N = 24 on the scaling preset (LibreOffice fr/it/de, batch 1, its trust.val_tokens 256), all vs k = 4
-for k in all 4; do
+for k in all 4 8 12; do
   name=scale24-$k
   [ -f runs/valtok/$name/summary.json ] && continue
   echo "== $name $(date +%T)"
