@@ -263,20 +263,20 @@ class Rounds:
         own = self.mm.get_flat()
         out = torch.full((n_local, n), float("nan"), dtype=torch.float64)
         moved = False  # the slots hold candidates, not the users' own adapters
+        # models already in the slots (simulation: every user's own, unless a slot published something else: a
+        # simulated attacker's lie, a sanitised message) are scored as loaded
+        as_loaded = before is None and thetas.dtype == own.dtype and torch.equal(thetas[self.users].to(own.device), own)
         for i in range(n_local):
             js = list(range(n)) if allowed is None else allowed[i].nonzero().flatten().tolist()
             for start in range(0, len(js), n_local):
                 chunk = js[start : start + n_local]
-                slots = thetas[chunk].to(own.device)
-                # models already in the slots (simulation: every user's own, unless a slot published something
-                # else: a simulated attacker's lie, a sanitised message) are scored as loaded
-                loaded = before is None and chunk == self.users and slots.dtype == own.dtype and torch.equal(slots, own)
-                if loaded:
+                if as_loaded and chunk == self.users:
                     if moved:
                         self.mm.set_flat(own)
                         moved = False
                     out[i, chunk] = self._val_scores(i)
                     continue
+                slots = thetas[chunk].to(own.device)
                 cands = slots if before is None else before[i : i + 1].to(own.device) + slots
                 out[i, chunk] = self._val_scores(i, cands, active=len(chunk))[: len(chunk)]
                 moved = True
