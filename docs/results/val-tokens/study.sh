@@ -25,3 +25,12 @@ for k in all 4 8 12; do
   trustlora run --no-progress --config configs/cpu/scale-multilingual.yaml data.users=24 strategy=validation trust.val_peers=$k out=runs/valtok/$name > runs/valtok/$name.log 2>&1 || echo "FAILED $name"
 done
 echo "== scale done $(date +%T)"
+# N = 24 on two more families (their presets with data.users=24, 16,384 train tokens a user to fit): all vs k = 12
+for fam in cpu/news-high cpu/codewiki-high; do
+for k in all 12; do
+  name=$(echo $fam | tr / -)-n24-$k
+  [ -f runs/valtok/$name/summary.json ] && continue
+  echo "== $name $(date +%T)"
+  trustlora run --no-progress --config configs/$fam.yaml data.users=24 data.train_tokens=16384 strategy=validation trust.val_peers=$k out=runs/valtok/$name > runs/valtok/$name.log 2>&1 || echo "FAILED $name"
+done; done
+echo "== n24 done $(date +%T)"
