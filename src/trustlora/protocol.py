@@ -53,6 +53,7 @@ from trustlora.guard import (
     sanitize,
 )
 from trustlora.model.multilora import MultiLoRA
+from trustlora.tables import json_safe
 from trustlora.train import LocalTrainer, cross_losses, evaluate, evaluate_prefix_and_full, windows
 from trustlora.trust import EXCHANGE_KINDS, TrustInputs, custom_messages, get, needs_of, own_kinds, published_kinds
 from trustlora.trust.quality import trust_quality
@@ -663,7 +664,7 @@ class Rounds:
                 # how well these rows follow the data structure (trustlora.trust.quality); api merges ranks
                 "quality": None if self.mixture is None else trust_quality(w, self.users, self.mixture),
                 # pairs not scored (NaN: outside the graph, a peer budget) are written as null
-                "scores": None if scores is None else [[None if x != x else x for x in row] for row in scores.tolist()],
+                "scores": None if scores is None else json_safe(scores.tolist()),
                 "bytes": self.comm.sent_bytes(),
                 "rejected": faults["rejected"],  # messages dropped by the receiving-side checks (trustlora.guard)
                 "absent": faults["absent"],  # users who missed this round (faults.dropout_prob)
