@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from trustlora.config import LoraConfig
+from trustlora import loss
 from trustlora.loss import head_scores, linear_cross_entropy, next_token_labels
 from trustlora.model.base import tiny_random_model
 from trustlora.model.multilora import MultiLoRA
@@ -193,3 +194,26 @@ def test_frozen_head_nll_of_an_underflowing_label_probability_is_exact():
     assert 300 < out[0].item() < 305
     out.sum().backward()
     assert torch.isfinite(h.grad).all()
+
+
+def test_head_chunks_stay_under_glibcs_mmap_ceiling_only_where_glibc_serves_them(monkeypatch):
+    vocab = 49152
+    monkeypatch.setattr(loss, "_reuses_big_buffers", lambda: False)
+    glibc = loss.chunk_rows(vocab)
+    assert glibc * vocab * 4 < 32 << 20 and glibc == 165
+    assert loss.chunk_rows(vocab, "cuda") == 512  # a GPU: no page-faulting heap, taller GEMMs
+    monkeypatch.setattr(loss, "_reuses_big_buffers", lambda: True)  # tcmalloc / jemalloc loaded
+    assert loss.chunk_rows(vocab) == 512
+    assert loss.chunk_rows(10**9) == 32  # a floor for huge vocabularies
+    # the chunk size is arithmetic only: the same nll and gradients as one chunk of everything
+    g = torch.Generator().manual_seed(0)
+    w, h = torch.randn(300, 16, generator=g), torch.randn(40, 16, generator=g)
+    lab = torch.randint(0, 300, (40,), generator=g)
+    outs = []
+    for rows in (7, 40):
+        x = h.clone().requires_grad_()
+        nll = linear_cross_entropy(x, w, None, lab, rows)
+        nll.sum().backward()
+        outs.append((nll.detach(), x.grad, head_scores(h, w, None, lab, (5, "probs"), rows=rows)[0]))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b)

@@ -8,28 +8,50 @@ No ``[M, V]`` logits tensor is ever held. With a frozen head (training adapters)
 each row's nll and its gradient with respect to the hidden state up to the incoming per-row scale, ``(softmax -
 onehot) @ W`` (as fused linear-cross-entropy kernels do); the backward only multiplies by ``grad_nll``. When the head
 itself needs a gradient the forward keeps the hidden states and the backward recomputes one chunk of logits at a
-time. Either way the memory of the loss is one chunk (``CHUNK_BYTES`` of fp32 logits) instead of several copies of
-all logits (with SmolLM2's 49,152 token vocabulary, 6 users x 4 x 128 positions are 600 MB per fp32 copy). Under bf16
+time. Either way the memory of the loss is one chunk (``CHUNK_BYTES`` or ``BIG_CHUNK_BYTES`` of fp32 logits)
+instead of several copies of all logits (with SmolLM2's 49,152 token vocabulary, 6 users x 4 x 128 positions are
+600 MB per fp32 copy). Under bf16
 autocast the head matmuls run in bf16 and log-softmax in fp32, as in the unfused path (logits.float() then
 F.cross_entropy).
 
-Speed: a chunk stays under glibc's 32 MiB mmap ceiling, so its buffers are reused from the heap instead of being
-mapped and page-faulted (zeroed by the kernel) afresh on every chunk (a 64 MiB chunk's log-softmax took 20 ms, a
-16 MiB one 0.9 ms, on a 2-core EPYC). Log-sum-exp comes from the fused log-softmax kernel and the backward from
+Speed: under glibc a chunk stays under its 32 MiB mmap ceiling, so its buffers are reused from the heap instead of
+being mapped and page-faulted (zeroed by the kernel) afresh on every chunk (a 64 MiB chunk's log-softmax took 20 ms,
+a 16 MiB one 0.9 ms, on a 2-core EPYC, bf16). With tcmalloc (what the ``trustlora`` command preloads when found,
+:mod:`trustlora.alloc`) or on a GPU chunks are 3x larger: the head GEMM repacks W on every call, and fewer, taller
+calls amortise it (``BIG_CHUNK_BYTES``). Log-sum-exp comes from the fused log-softmax kernel and the backward from
 the fused softmax kernel (``torch.logsumexp`` and ``exp(x - lse)`` are separate passes over the chunk).
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
 CHUNK_BYTES = 31 << 20
-"""fp32 logits per chunk (31 MiB: 165 positions of a 49,152-token vocabulary; under glibc's 32 MiB mmap ceiling)."""
+"""fp32 logits per chunk under glibc malloc (31 MiB: 165 positions of a 49,152-token vocabulary; under glibc's
+32 MiB mmap ceiling, so a chunk's buffers are reused instead of mapped and page-faulted afresh)."""
+BIG_CHUNK_BYTES = 96 << 20
+"""fp32 logits per chunk where big buffers are reused anyway (tcmalloc or jemalloc loaded, or a GPU): 512 positions
+of a 49,152-token vocabulary. The head GEMM ``[rows, d] x [d, V]`` repacks all of W for every call, so more rows per
+call amortise it: on a 2-core AMD EPYC without native bf16 (fp32, tcmalloc), 512-position chunks took 0.73x the
+time of 165-position ones for a training loss forward + backward and 0.73-0.80x for an evaluation pass (alternating
+in one process, 20 repeats); 682 or 1,024 gave no more (``benchmarks/bench_head_chunk.py``)."""
 
 
-def chunk_rows(vocab: int) -> int:
-    return max(32, CHUNK_BYTES // (4 * max(1, vocab)))
+@functools.cache
+def _reuses_big_buffers() -> bool:
+    from trustlora.alloc import loaded_allocator
+
+    return loaded_allocator() != "glibc"
+
+
+def chunk_rows(vocab: int, device: torch.device | str = "cpu") -> int:
+    """Positions per head chunk for a ``vocab``-token head on ``device``: ``BIG_CHUNK_BYTES`` of fp32 logits on a
+    GPU or where the process's allocator keeps freed big buffers, else ``CHUNK_BYTES`` (glibc)."""
+    big = torch.device(device).type != "cpu" or _reuses_big_buffers()
+    return max(32, (BIG_CHUNK_BYTES if big else CHUNK_BYTES) // (4 * max(1, vocab)))
 
 
 def next_token_labels(input_ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -156,7 +178,7 @@ def linear_cross_entropy(
     hidden ``[M, d]``, weight ``[V, d]``, labels ``[M]`` (-100 = ignored, nll 0). Returns nll ``[M]`` fp32,
     differentiable in hidden (and weight/bias when they require grad). ``rows``: positions per chunk (0 = auto).
     """
-    return _LinearCrossEntropy.apply(hidden, weight, bias, labels, rows or chunk_rows(weight.shape[0]))
+    return _LinearCrossEntropy.apply(hidden, weight, bias, labels, rows or chunk_rows(weight.shape[0], hidden.device))
 
 
 @torch.no_grad()
@@ -170,7 +192,7 @@ def head_scores(
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
     """Evaluation pass of the head, chunk by chunk: (nll ``[M]`` fp32, top-k (values ``[M, k]`` fp32, ids ``[M, k]``)
     of probabilities (``space='probs'``) or raw logits, or None)."""
-    rows = rows or chunk_rows(weight.shape[0])
+    rows = rows or chunk_rows(weight.shape[0], hidden.device)
     nll = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
     vals, idxs = [], []
     for s in range(0, hidden.shape[0], rows):
