@@ -1,5 +1,6 @@
-"""LM-head chunk size: the head's loss (training: forward + backward) and evaluation pass (nll + top-k) at several
-positions per chunk, alternating in one process, ratios to the glibc-sized chunk printed side by side.
+"""LM-head paths: the head's loss (training: forward + backward) and evaluation pass (nll + top-k), chunked at
+several positions per chunk and fused (fp32 CPU: flash-attention loss, vocabulary-blocked evaluation; trustlora.loss),
+alternating in one process, ratios to the first chunk size printed side by side.
 
 The head GEMM ``[rows, d] x [d, V]`` repacks all of W for every call, so taller chunks amortise it; under glibc a
 chunk above its 32 MiB mmap ceiling is mapped and page-faulted afresh on every use instead (trustlora.loss). Run it
@@ -8,9 +9,10 @@ under each allocator to choose ``trustlora.loss.BIG_CHUNK_BYTES`` / ``CHUNK_BYTE
     python benchmarks/bench_head_chunk.py                                   # glibc (raised thresholds, as the CLI)
     LD_PRELOAD=~/.cache/trustlora/alloc/libtcmalloc_minimal.so.4 python benchmarks/bench_head_chunk.py  # tcmalloc
     # (the library path: python -m trustlora.alloc status)
-    python benchmarks/bench_head_chunk.py --precision bf16 --rows 165,512   # where bf16 is native
+    python benchmarks/bench_head_chunk.py --precision bf16 --rows 165,512   # where bf16 is native (no fused path)
 
-Shapes default to SmolLM2-135M's head (d = 576, V = 49,152) and one training chunk's positions (4 x 128).
+Shapes default to SmolLM2-135M's head (d = 576, V = 49,152), one training chunk's positions (one user, 4 x 128)
+and one evaluation chunk's (3 users x 8 x 128).
 Results: ``benchmarks/results/head-chunk-<allocator>-<precision>.json``.
 """
 
@@ -26,7 +28,10 @@ from pathlib import Path
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", default="165,256,512,1024", help="positions per chunk to compare (first = reference)")
-    ap.add_argument("--positions", type=int, default=512, help="positions per call (a training chunk: 4 x 128)")
+    ap.add_argument("--positions", type=int, default=512, help="training positions per call (a user: 4 x 128)")
+    ap.add_argument(
+        "--eval-positions", type=int, default=3072, help="evaluation positions per call (3 users x 8 x 128)"
+    )
     ap.add_argument("--hidden", type=int, default=576)
     ap.add_argument("--vocab", type=int, default=49152)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
@@ -36,7 +41,7 @@ def main() -> None:
 
     import torch
 
-    from trustlora import alloc
+    from trustlora import alloc, loss
     from trustlora.loss import head_scores, linear_cross_entropy
 
     tuned = alloc.tune_glibc_malloc()
@@ -46,6 +51,8 @@ def main() -> None:
     weight = torch.randn(args.vocab, args.hidden, generator=g) * 0.05
     hidden = torch.randn(args.positions, args.hidden, generator=g)
     labels = torch.randint(0, args.vocab, (args.positions,), generator=g)
+    eval_hidden = torch.randn(args.eval_positions, args.hidden, generator=g)
+    eval_labels = torch.randint(0, args.vocab, (args.eval_positions,), generator=g)
     bf16 = args.precision == "bf16"
 
     def train(r: int) -> None:
@@ -55,9 +62,24 @@ def main() -> None:
 
     def evaluate(r: int) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            head_scores(hidden, weight, None, labels, (10, "probs"), rows=r)
+            head_scores(eval_hidden, weight, None, eval_labels, (10, "probs"), rows=r)
 
-    variants = {f"{kind} {r}": (fn, r) for kind, fn in (("train", train), ("eval", evaluate)) for r in rows}
+    def fused(fn):
+        def run(r: int) -> None:
+            loss.FUSED_CPU_FP32 = True
+            try:
+                fn(r)
+            finally:
+                loss.FUSED_CPU_FP32 = False
+
+        return run
+
+    loss.FUSED_CPU_FP32 = False  # the chunked variants
+    variants = {}
+    for kind, fn in (("train", train), ("eval", evaluate)):
+        variants.update({f"{kind} {r}": (fn, r) for r in rows})
+        if not bf16:  # the fused paths are fp32 only
+            variants[f"{kind} fused"] = (fused(fn), 0)
     times: dict[str, list[float]] = {k: [] for k in variants}
     for fn, r in variants.values():
         fn(r)  # warm-up: buffers, packing, thread pool
@@ -67,13 +89,21 @@ def main() -> None:
             fn(r)
             times[name].append(time.perf_counter() - t)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"allocator {allocator}, {args.precision}, {args.positions} positions, head {args.hidden} x {args.vocab}")
+    print(
+        f"allocator {allocator}, {args.precision}, {args.positions} training / {args.eval_positions} evaluation"
+        f" positions, head {args.hidden} x {args.vocab}"
+    )
     print(f"{'variant':<12} {'median ms':>10} {'min ms':>8} {'vs first':>9}")
-    result = {"allocator": allocator, "precision": args.precision, "positions": args.positions, "rows": {}}
+    result = {
+        "allocator": allocator,
+        "precision": args.precision,
+        "positions": args.positions,
+        "eval_positions": args.eval_positions,
+        "rows": {},
+    }
     for kind in ("train", "eval"):
         ref = med[f"{kind} {rows[0]}"]
-        for r in rows:
-            k = f"{kind} {r}"
+        for k in [n for n in variants if n.startswith(kind)]:
             print(f"{k:<12} {med[k] * 1e3:>10.1f} {min(times[k]) * 1e3:>8.1f} {med[k] / ref:>8.2f}x")
             result["rows"][k] = {"median_s": med[k], "min_s": min(times[k]), "ratio": med[k] / ref}
     out = Path(args.out or Path(__file__).parent / "results" / f"head-chunk-{allocator}-{args.precision}.json")

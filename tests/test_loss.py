@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trustlora.config import LoraConfig
 from trustlora import loss
+from trustlora.config import LoraConfig
 from trustlora.loss import head_scores, linear_cross_entropy, next_token_labels
 from trustlora.model.base import tiny_random_model
 from trustlora.model.multilora import MultiLoRA
@@ -196,24 +196,34 @@ def test_frozen_head_nll_of_an_underflowing_label_probability_is_exact():
     assert torch.isfinite(h.grad).all()
 
 
-def test_head_chunks_stay_under_glibcs_mmap_ceiling_only_where_glibc_serves_them(monkeypatch):
-    vocab = 49152
-    monkeypatch.setattr(loss, "_reuses_big_buffers", lambda: False)
-    glibc = loss.chunk_rows(vocab)
-    assert glibc * vocab * 4 < 32 << 20 and glibc == 165
-    assert loss.chunk_rows(vocab, "cuda") == 512  # a GPU: no page-faulting heap, taller GEMMs
-    monkeypatch.setattr(loss, "_reuses_big_buffers", lambda: True)  # tcmalloc / jemalloc loaded
-    assert loss.chunk_rows(vocab) == 512
-    assert loss.chunk_rows(10**9) == 32  # a floor for huge vocabularies
-    # the chunk size is arithmetic only: the same nll and gradients as one chunk of everything
-    g = torch.Generator().manual_seed(0)
-    w, h = torch.randn(300, 16, generator=g), torch.randn(40, 16, generator=g)
-    lab = torch.randint(0, 300, (40,), generator=g)
-    outs = []
-    for rows in (7, 40):
+@pytest.mark.parametrize("space", ["probs", "logits"])
+def test_fused_cpu_fp32_head_paths_equal_the_chunked_ones(monkeypatch, space):
+    """fp32 on CPU the training loss goes through the flash-attention kernel and evaluation by vocabulary blocks
+    (trustlora.loss._fused); both give the chunked paths' nll, gradient and top-k, with ignored rows, a vocabulary
+    that is no multiple of the block and rows split over several blocks of logits."""
+    g = torch.Generator().manual_seed(3)
+    v, d, m = 1000, 24, 50
+    w, h = torch.randn(v, d, generator=g) * 0.5, torch.randn(m, d, generator=g)
+    lab = torch.randint(0, v, (m,), generator=g)
+    lab[[0, 17, 49]] = -100
+    gout = torch.rand(m, generator=g)
+    monkeypatch.setattr(loss, "HEAD_COLS", 96)  # 11 blocks, the last one 40 wide
+    monkeypatch.setattr(loss, "CHUNK_BYTES", 4 * 96 * 16)  # 16 rows of logits per block: 4 row groups
+    outs = {}
+    for fused in (False, True):
+        monkeypatch.setattr(loss, "FUSED_CPU_FP32", fused)
+        assert loss._fused(h, w, None) is fused
         x = h.clone().requires_grad_()
-        nll = linear_cross_entropy(x, w, None, lab, rows)
-        nll.sum().backward()
-        outs.append((nll.detach(), x.grad, head_scores(h, w, None, lab, (5, "probs"), rows=rows)[0]))
-    for a, b in zip(*outs):
+        nll = linear_cross_entropy(x, w, None, lab, rows=7)
+        (nll * gout).sum().backward()
+        outs[fused] = (nll.detach(), x.grad, *head_scores(h, w, None, lab, (5, space), rows=7))
+    ref = F.cross_entropy(h @ w.T, lab, reduction="none", ignore_index=-100)
+    torch.testing.assert_close(outs[True][0], ref)
+    for a, b in zip(outs[False][:3], outs[True][:3], strict=True):
         torch.testing.assert_close(a, b)
+    (v0, i0), (v1, i1) = outs[False][3], outs[True][3]
+    assert torch.equal(i0, i1)
+    torch.testing.assert_close(v0, v1)
+    assert torch.equal(outs[True][1][[0, 17, 49]], torch.zeros(3, d))  # ignored rows: no gradient
+    assert not loss._fused(h, w, torch.zeros(v))  # a head bias keeps the chunked path
+    assert not loss._fused(h.bfloat16(), w.bfloat16(), None)

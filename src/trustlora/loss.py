@@ -4,54 +4,42 @@
     nll = linear_cross_entropy(hidden, weight, bias, labels)     # hidden [M, d], labels [M] -> nll [M] fp32
     nll, (v, i) = head_scores(hidden, weight, bias, labels, topk=(10, "probs"))   # no autograd: eval passes
 
-No ``[M, V]`` logits tensor is ever held. With a frozen head (training adapters) the forward computes, chunk by chunk,
-each row's nll and its gradient with respect to the hidden state up to the incoming per-row scale, ``(softmax -
-onehot) @ W`` (as fused linear-cross-entropy kernels do); the backward only multiplies by ``grad_nll``. When the head
-itself needs a gradient the forward keeps the hidden states and the backward recomputes one chunk of logits at a
-time. Either way the memory of the loss is one chunk (``CHUNK_BYTES`` or ``BIG_CHUNK_BYTES`` of fp32 logits)
-instead of several copies of all logits (with SmolLM2's 49,152 token vocabulary, 6 users x 4 x 128 positions are
-600 MB per fp32 copy). Under bf16
-autocast the head matmuls run in bf16 and log-softmax in fp32, as in the unfused path (logits.float() then
-F.cross_entropy).
+No ``[M, V]`` logits tensor is ever held. With a frozen head (training adapters) the forward computes each row's nll
+and its gradient with respect to the hidden state up to the incoming per-row scale, ``softmax(h W^T) @ W - W[label]``
+(as fused linear-cross-entropy kernels do); the backward only multiplies by ``grad_nll``. When the head itself needs
+a gradient the forward keeps the hidden states and the backward recomputes one chunk of logits at a time.
 
-Speed: under glibc a chunk stays under its 32 MiB mmap ceiling, so its buffers are reused from the heap instead of
-being mapped and page-faulted (zeroed by the kernel) afresh on every chunk (a 64 MiB chunk's log-softmax took 20 ms,
-a 16 MiB one 0.9 ms, on a 2-core EPYC, bf16). With tcmalloc (what the ``trustlora`` command preloads when found,
-:mod:`trustlora.alloc`) or on a GPU chunks are 3x larger: the head GEMM repacks W on every call, and fewer, taller
-calls amortise it (``BIG_CHUNK_BYTES``). Log-sum-exp comes from the fused log-softmax kernel and the backward from
-the fused softmax kernel (``torch.logsumexp`` and ``exp(x - lse)`` are separate passes over the chunk).
+Two ways, by precision and device:
+
+* fp32 on CPU (no head bias): the training loss is one call of PyTorch's CPU flash-attention kernel, the hidden
+  states as queries and the head's rows as keys and values (scale 1): it returns ``softmax(h W^T) @ W`` and the
+  log-sum-exp, block by block in cache, holding no logits at all. Evaluation runs vocabulary blocks of
+  ``HEAD_COLS`` columns over up to ``CHUNK_BYTES`` of logits (~3,968 positions), merging log-sum-exp, the label's
+  logit and the top-k block by block. Measured against 165-position chunks over the whole vocabulary (2-core AMD EPYC
+  without native bf16, ``benchmarks/bench_head_chunk.py``, alternating in one process): training loss forward +
+  backward 0.61-0.68x, evaluation with top-k 0.68-0.72x (tcmalloc / glibc): a ``[165, d] x [d, V]`` GEMM repacks
+  all of W for every 165 rows, and tall, narrow GEMMs run near the machine's peak.
+* otherwise (bf16 autocast, GPUs, a head bias; the fused kernels are not measured there): chunks of ``CHUNK_BYTES``
+  of fp32 logits over the whole vocabulary. Under bf16 autocast the head matmuls run in bf16 and log-softmax in
+  fp32, as in the unfused path (logits.float() then F.cross_entropy). A chunk stays under glibc's 32 MiB mmap
+  ceiling, so its buffers are reused from the heap instead of being mapped and page-faulted (zeroed by the kernel)
+  afresh on every chunk (a 64 MiB chunk's log-softmax took 20 ms, a 16 MiB one 0.9 ms, on a 2-core EPYC).
+  Log-sum-exp comes from the fused log-softmax kernel and the backward from the fused softmax kernel.
+
+With SmolLM2's 49,152-token vocabulary, 6 users x 4 x 128 positions of logits are 600 MB per fp32 copy.
 """
 
 from __future__ import annotations
-
-import functools
 
 import torch
 import torch.nn.functional as F
 
 CHUNK_BYTES = 31 << 20
-"""fp32 logits per chunk under glibc malloc (31 MiB: 165 positions of a 49,152-token vocabulary; under glibc's
-32 MiB mmap ceiling, so a chunk's buffers are reused instead of mapped and page-faulted afresh)."""
-BIG_CHUNK_BYTES = 96 << 20
-"""fp32 logits per chunk where big buffers are reused anyway (tcmalloc or jemalloc loaded, or a GPU): 512 positions
-of a 49,152-token vocabulary. The head GEMM ``[rows, d] x [d, V]`` repacks all of W for every call, so more rows per
-call amortise it: on a 2-core AMD EPYC without native bf16 (fp32, tcmalloc), 512-position chunks took 0.73x the
-time of 165-position ones for a training loss forward + backward and 0.73-0.80x for an evaluation pass (alternating
-in one process, 20 repeats); 682 or 1,024 gave no more (``benchmarks/bench_head_chunk.py``)."""
+"""fp32 logits per chunk (31 MiB: 165 positions of a 49,152-token vocabulary; under glibc's 32 MiB mmap ceiling)."""
 
 
-@functools.cache
-def _reuses_big_buffers() -> bool:
-    from trustlora.alloc import loaded_allocator
-
-    return loaded_allocator() != "glibc"
-
-
-def chunk_rows(vocab: int, device: torch.device | str = "cpu") -> int:
-    """Positions per head chunk for a ``vocab``-token head on ``device``: ``BIG_CHUNK_BYTES`` of fp32 logits on a
-    GPU or where the process's allocator keeps freed big buffers, else ``CHUNK_BYTES`` (glibc)."""
-    big = torch.device(device).type != "cpu" or _reuses_big_buffers()
-    return max(32, (BIG_CHUNK_BYTES if big else CHUNK_BYTES) // (4 * max(1, vocab)))
+def chunk_rows(vocab: int) -> int:
+    return max(32, CHUNK_BYTES // (4 * max(1, vocab)))
 
 
 def next_token_labels(input_ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -100,6 +88,92 @@ def _softmax_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
     return g, nll
 
 
+FUSED_CPU_FP32 = True
+"""Fused head paths for fp32 on CPU (measured there, ``benchmarks/bench_head_chunk.py``): the training loss through
+the CPU flash-attention kernel, the evaluation pass by vocabulary blocks. bf16 and GPUs keep the chunked paths."""
+HEAD_COLS = 2048
+"""Vocabulary columns per block of the blocked evaluation pass."""
+
+
+def _fused(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether the fused paths apply: fp32 hidden states and head on CPU, no bias, no autocast."""
+    return (
+        FUSED_CPU_FP32
+        and _FLASH is not None
+        and hidden.device.type == "cpu"
+        and bias is None
+        and hidden.dtype == weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+try:
+    _FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+except (AttributeError, RuntimeError):  # older torch
+    _FLASH = None
+
+
+def _flash_nll_grad(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 CPU: (nll [M], d nll / d hidden [M, d]) of ``hidden @ W^T`` in one fused pass, no logits held.
+
+    The gradient is ``softmax(h W^T) @ W - W[label]``: attention with the hidden states as queries and the head's
+    rows as keys and values (scale 1), which the CPU flash-attention kernel computes block by block with its
+    log-sum-exp; nll = lse - h . W[label]. Rows labelled -100 get nll 0 and gradient 0."""
+    m, d = hidden.shape
+    w = weight.view(1, 1, *weight.shape)
+    soft_w, lse = _FLASH(hidden.reshape(1, 1, m, d), w, w, 0.0, False, scale=1.0)
+    valid = labels >= 0
+    w_lab = weight[labels.clamp_min(0)]
+    nll = torch.where(valid, lse.reshape(m) - (hidden * w_lab).sum(1), torch.zeros((), dtype=hidden.dtype))
+    grad = soft_w.reshape(m, d).sub_(w_lab)
+    if not bool(valid.all()):
+        grad.index_fill_(0, (~valid).nonzero().squeeze(1), 0.0)
+    return nll, grad
+
+
+def _blocked_scores(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, topk: tuple[int, str] | None, cols: int
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """fp32 CPU evaluation pass by vocabulary blocks: tall ``[rows, d] x [d, cols]`` GEMMs (up to ``CHUNK_BYTES`` of
+    logits: 3,968 rows at 2,048 columns) with a running log-sum-exp, label logit and top-k, instead of 165-row
+    chunks over the whole vocabulary (whose GEMMs repack all of W each call). Returns what :func:`head_scores`
+    returns."""
+    big_v = weight.shape[0]
+    cols = max(1, min(cols, big_v))
+    rows = max(1, CHUNK_BYTES // (4 * cols))
+    buf = torch.empty(min(rows, hidden.shape[0]) * cols, dtype=torch.float32)
+    nll = torch.empty(hidden.shape[0], dtype=torch.float32)
+    vals, idxs = [], []
+    for s in range(0, hidden.shape[0], rows):
+        h, lab = hidden[s : s + rows], labels[s : s + rows]
+        m = h.shape[0]
+        lse = tgt = top_v = top_i = None
+        for b in range(0, big_v, cols):
+            w_b = weight[b : b + cols]
+            c = w_b.shape[0]
+            logits = torch.mm(h, w_b.T, out=buf[: m * c].view(m, c))
+            lse_b = torch.logsumexp(logits, dim=1)
+            lse = lse_b if lse is None else torch.logaddexp(lse, lse_b)
+            at = lab - b
+            here = (at >= 0) & (at < c)
+            got = logits.gather(1, at.clamp(0, c - 1).unsqueeze(1)).squeeze(1)
+            tgt = torch.where(here, got, torch.zeros_like(got) if tgt is None else tgt)
+            if topk is not None:
+                v, i = torch.topk(logits, min(topk[0], c), dim=1)
+                i += b
+                if top_v is not None:
+                    v, j = torch.topk(torch.cat([top_v, v], dim=1), min(topk[0], top_v.shape[1] + v.shape[1]), dim=1)
+                    i = torch.cat([top_i, i], dim=1).gather(1, j)
+                top_v, top_i = v, i
+        nll[s : s + m] = torch.where(lab >= 0, lse - tgt, torch.zeros_like(lse))
+        if topk is not None:
+            vals.append(torch.exp(top_v - lse.unsqueeze(1)) if topk[1] == "probs" else top_v)
+            idxs.append(top_i)
+    return nll, (torch.cat(vals), torch.cat(idxs)) if topk is not None else None
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, rows):
@@ -111,7 +185,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         # (no recomputed logits: one head matmul and one softmax pass fewer per chunk)
         early = ctx.needs_input_grad[0] and not any(ctx.needs_input_grad[1:3])
         grad_rows = torch.empty_like(hidden) if early else None
-        for s in range(0, hidden.shape[0], rows):
+        fused = early and _fused(hidden, weight, bias)
+        if fused:  # fp32 on CPU: all rows in one flash-attention pass over the head's rows
+            nll, grad_rows = _flash_nll_grad(hidden, weight, labels)
+        for s in range(0, 0 if fused else hidden.shape[0], rows):
             logits = _up(F.linear(hidden[s : s + rows], weight, bias))
             lab = labels[s : s + rows]
             if not early:
@@ -178,7 +255,7 @@ def linear_cross_entropy(
     hidden ``[M, d]``, weight ``[V, d]``, labels ``[M]`` (-100 = ignored, nll 0). Returns nll ``[M]`` fp32,
     differentiable in hidden (and weight/bias when they require grad). ``rows``: positions per chunk (0 = auto).
     """
-    return _LinearCrossEntropy.apply(hidden, weight, bias, labels, rows or chunk_rows(weight.shape[0], hidden.device))
+    return _LinearCrossEntropy.apply(hidden, weight, bias, labels, rows or chunk_rows(weight.shape[0]))
 
 
 @torch.no_grad()
@@ -192,7 +269,9 @@ def head_scores(
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
     """Evaluation pass of the head, chunk by chunk: (nll ``[M]`` fp32, top-k (values ``[M, k]`` fp32, ids ``[M, k]``)
     of probabilities (``space='probs'``) or raw logits, or None)."""
-    rows = rows or chunk_rows(weight.shape[0], hidden.device)
+    if _fused(hidden, weight, bias):
+        return _blocked_scores(hidden, weight, labels, topk, HEAD_COLS)
+    rows = rows or chunk_rows(weight.shape[0])
     nll = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
     vals, idxs = [], []
     for s in range(0, hidden.shape[0], rows):
