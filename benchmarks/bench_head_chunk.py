@@ -4,7 +4,7 @@ alternating in one process, ratios to the first chunk size printed side by side.
 
 The head GEMM ``[rows, d] x [d, V]`` repacks all of W for every call, so taller chunks amortise it; under glibc a
 chunk above its 32 MiB mmap ceiling is mapped and page-faulted afresh on every use instead (trustlora.loss). Run it
-under each allocator to choose ``trustlora.loss.BIG_CHUNK_BYTES`` / ``CHUNK_BYTES``:
+under each allocator and precision to choose ``trustlora.loss.CHUNK_BYTES`` and where ``FUSED_CPU_FP32`` applies:
 
     python benchmarks/bench_head_chunk.py                                   # glibc (raised thresholds, as the CLI)
     LD_PRELOAD=~/.cache/trustlora/alloc/libtcmalloc_minimal.so.4 python benchmarks/bench_head_chunk.py  # tcmalloc

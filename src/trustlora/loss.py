@@ -88,11 +88,29 @@ def _softmax_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
     return g, nll
 
 
+def _zero_rows(t: torch.Tensor, valid: torch.Tensor) -> None:
+    """Zero the rows of ``t`` that predict nothing (few: the last position of a window, padding), by index: a boolean
+    row mask is a masked_fill over the whole tensor (2 ms a 165 x 49152 chunk)."""
+    if not bool(valid.all()):
+        t.index_fill_(0, (~valid).nonzero().squeeze(1), 0.0)
+
+
+def _topk_values(v: torch.Tensor, lse: torch.Tensor, space: str) -> torch.Tensor:
+    """Top-k logits ``[m, k]`` as probabilities (``space='probs'``: exp(v - lse)) or as they are."""
+    return torch.exp(v - lse.unsqueeze(1)) if space == "probs" else v
+
+
 FUSED_CPU_FP32 = True
 """Fused head paths for fp32 on CPU (measured there, ``benchmarks/bench_head_chunk.py``): the training loss through
 the CPU flash-attention kernel, the evaluation pass by vocabulary blocks. bf16 and GPUs keep the chunked paths."""
 HEAD_COLS = 2048
 """Vocabulary columns per block of the blocked evaluation pass."""
+
+
+try:
+    _FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+except (AttributeError, RuntimeError):  # older torch
+    _FLASH = None
 
 
 def _fused(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
@@ -105,12 +123,6 @@ def _fused(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         and hidden.dtype == weight.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
     )
-
-
-try:
-    _FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-except (AttributeError, RuntimeError):  # older torch
-    _FLASH = None
 
 
 def _flash_nll_grad(
@@ -128,8 +140,7 @@ def _flash_nll_grad(
     w_lab = weight[labels.clamp_min(0)]
     nll = torch.where(valid, lse.reshape(m) - (hidden * w_lab).sum(1), torch.zeros((), dtype=hidden.dtype))
     grad = soft_w.reshape(m, d).sub_(w_lab)
-    if not bool(valid.all()):
-        grad.index_fill_(0, (~valid).nonzero().squeeze(1), 0.0)
+    _zero_rows(grad, valid)
     return nll, grad
 
 
@@ -169,7 +180,7 @@ def _blocked_scores(
                 top_v, top_i = v, i
         nll[s : s + m] = torch.where(lab >= 0, lse - tgt, torch.zeros_like(lse))
         if topk is not None:
-            vals.append(torch.exp(top_v - lse.unsqueeze(1)) if topk[1] == "probs" else top_v)
+            vals.append(_topk_values(top_v, lse, topk[1]))
             idxs.append(top_i)
     return nll, (torch.cat(vals), torch.cat(idxs)) if topk is not None else None
 
@@ -179,15 +190,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, labels, rows):
         dev = hidden.device.type
         ctx.autocast = (dev, *_autocast_state(dev))
-        nll = torch.empty(hidden.shape[0], dtype=torch.promote_types(hidden.dtype, torch.float32), device=hidden.device)
         # the usual case (frozen head, gradient wanted only for the hidden states): d nll_m / d hidden_m is known in
         # the forward up to the incoming per-row scalar, so it is computed here and the backward only scales it
         # (no recomputed logits: one head matmul and one softmax pass fewer per chunk)
         early = ctx.needs_input_grad[0] and not any(ctx.needs_input_grad[1:3])
-        grad_rows = torch.empty_like(hidden) if early else None
         fused = early and _fused(hidden, weight, bias)
         if fused:  # fp32 on CPU: all rows in one flash-attention pass over the head's rows
             nll, grad_rows = _flash_nll_grad(hidden, weight, labels)
+        else:
+            dtype = torch.promote_types(hidden.dtype, torch.float32)
+            nll = torch.empty(hidden.shape[0], dtype=dtype, device=hidden.device)
+            grad_rows = torch.empty_like(hidden) if early else None
         for s in range(0, 0 if fused else hidden.shape[0], rows):
             logits = _up(F.linear(hidden[s : s + rows], weight, bias))
             lab = labels[s : s + rows]
@@ -198,9 +211,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             g, nll_c = _softmax_nll(logits, lab)
             nll[s : s + rows] = torch.where(valid, nll_c, torch.zeros_like(nll_c))
             g[valid, lab[valid]] -= 1.0
-            if not bool(valid.all()):  # rows that predict nothing (few: the last position of a window, padding);
-                # zeroed by index: a boolean row mask is a masked_fill over the whole chunk (2 ms a chunk)
-                g.index_fill_(0, (~valid).nonzero().squeeze(1), 0.0)
+            _zero_rows(g, valid)
             grad_rows[s : s + rows] = torch.matmul(g.to(weight.dtype), weight).to(hidden.dtype)
         ctx.rows = rows
         ctx.early = early
@@ -268,7 +279,8 @@ def head_scores(
     rows: int = 0,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
     """Evaluation pass of the head, chunk by chunk: (nll ``[M]`` fp32, top-k (values ``[M, k]`` fp32, ids ``[M, k]``)
-    of probabilities (``space='probs'``) or raw logits, or None)."""
+    of probabilities (``space='probs'``) or raw logits, or None). ``rows`` sizes the chunks of the chunked path only;
+    fp32 on CPU goes by vocabulary blocks (:func:`_blocked_scores`)."""
     if _fused(hidden, weight, bias):
         return _blocked_scores(hidden, weight, labels, topk, HEAD_COLS)
     rows = rows or chunk_rows(weight.shape[0])
@@ -283,6 +295,6 @@ def head_scores(
             # on the head's own output (bf16 under autocast: the same values, upcast exactly, and 1.4x faster)
             v, i = torch.topk(raw if raw.dtype == torch.bfloat16 else logits, k, dim=-1)
             v = v.float() if v.dtype == torch.bfloat16 else v
-            vals.append(torch.exp(v - lse.unsqueeze(1)) if space == "probs" else v)
+            vals.append(_topk_values(v, lse, space))
             idxs.append(i)
     return nll, (torch.cat(vals), torch.cat(idxs)) if topk is not None else None
