@@ -1,15 +1,17 @@
 """LM-head paths: the head's loss (training: forward + backward) and evaluation pass (nll + top-k), chunked at
-several positions per chunk and fused (fp32 CPU: flash-attention loss, vocabulary-blocked evaluation; trustlora.loss),
-alternating in one process, ratios to the first chunk size printed side by side.
+several positions per chunk and with trustlora's defaults ("fused": on CPU the flash-attention training loss, fp32
+and bf16; fp32 evaluation by vocabulary blocks; bf16 evaluation with grouped head GEMMs and block-max top-k;
+trustlora.loss), alternating in one process, ratios to the first chunk size printed side by side. The chunked
+variants run one chunk at a time with torch.topk (FUSED_CPU, LOWP_GEMM_GROUP and TOPK_BLOCK off).
 
 The head GEMM ``[rows, d] x [d, V]`` repacks all of W for every call, so taller chunks amortise it; under glibc a
 chunk above its 32 MiB mmap ceiling is mapped and page-faulted afresh on every use instead (trustlora.loss). Run it
-under each allocator and precision to choose ``trustlora.loss.CHUNK_BYTES`` and where ``FUSED_CPU_FP32`` applies:
+under each allocator and precision to choose ``trustlora.loss.CHUNK_BYTES`` and where ``FUSED_CPU`` applies:
 
     python benchmarks/bench_head_chunk.py                                   # glibc (raised thresholds, as the CLI)
     LD_PRELOAD=~/.cache/trustlora/alloc/libtcmalloc_minimal.so.4 python benchmarks/bench_head_chunk.py  # tcmalloc
     # (the library path: python -m trustlora.alloc status)
-    python benchmarks/bench_head_chunk.py --precision bf16 --rows 165,512   # where bf16 is native (no fused path)
+    python benchmarks/bench_head_chunk.py --precision bf16 --rows 165,512   # where bf16 is native
 
 Shapes default to SmolLM2-135M's head (d = 576, V = 49,152), one training chunk's positions (one user, 4 x 128)
 and one evaluation chunk's (3 users x 8 x 128).
@@ -54,6 +56,8 @@ def main() -> None:
     eval_hidden = torch.randn(args.eval_positions, args.hidden, generator=g)
     eval_labels = torch.randint(0, args.vocab, (args.eval_positions,), generator=g)
     bf16 = args.precision == "bf16"
+    if bf16:
+        weight = weight.bfloat16()  # runs give the head its bf16 copy (MultiLoRA.head_weight)
 
     def train(r: int) -> None:
         h = hidden.clone().requires_grad_()
@@ -64,22 +68,21 @@ def main() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             head_scores(eval_hidden, weight, None, eval_labels, (10, "probs"), rows=r)
 
-    def fused(fn):
+    plain = {"FUSED_CPU": False, "LOWP_GEMM_GROUP": 1, "TOPK_BLOCK": 0}  # one chunk at a time, torch.topk
+    current = {k: getattr(loss, k) for k in plain}  # trustlora's defaults
+
+    def using(fn, settings):
         def run(r: int) -> None:
-            loss.FUSED_CPU_FP32 = True
-            try:
-                fn(r)
-            finally:
-                loss.FUSED_CPU_FP32 = False
+            for k, v in settings.items():
+                setattr(loss, k, v)
+            fn(r)
 
         return run
 
-    loss.FUSED_CPU_FP32 = False  # the chunked variants
     variants = {}
     for kind, fn in (("train", train), ("eval", evaluate)):
-        variants.update({f"{kind} {r}": (fn, r) for r in rows})
-        if not bf16:  # the fused paths are fp32 only
-            variants[f"{kind} fused"] = (fused(fn), 0)
+        variants.update({f"{kind} {r}": (using(fn, plain), r) for r in rows})
+        variants[f"{kind} fused"] = (using(fn, current), 0)  # the defaults: fused / grouped paths where they apply
     times: dict[str, list[float]] = {k: [] for k in variants}
     for fn, r in variants.values():
         fn(r)  # warm-up: buffers, packing, thread pool

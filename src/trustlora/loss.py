@@ -9,21 +9,23 @@ and its gradient with respect to the hidden state up to the incoming per-row sca
 (as fused linear-cross-entropy kernels do); the backward only multiplies by ``grad_nll``. When the head itself needs
 a gradient the forward keeps the hidden states and the backward recomputes one chunk of logits at a time.
 
-Two ways, by precision and device:
+Paths, by precision and device:
 
-* fp32 on CPU (no head bias): the training loss is one call of PyTorch's CPU flash-attention kernel, the hidden
-  states as queries and the head's rows as keys and values (scale 1): it returns ``softmax(h W^T) @ W`` and the
-  log-sum-exp, block by block in cache, holding no logits at all. Evaluation runs vocabulary blocks of
-  ``HEAD_COLS`` columns over up to ``CHUNK_BYTES`` of logits (~3,968 positions), merging log-sum-exp, the label's
-  logit and the top-k block by block. Measured against 165-position chunks over the whole vocabulary (2-core AMD EPYC
-  without native bf16, ``benchmarks/bench_head_chunk.py``, alternating in one process): training loss forward +
-  backward 0.61-0.68x, evaluation with top-k 0.68-0.72x (tcmalloc / glibc): a ``[165, d] x [d, V]`` GEMM repacks
-  all of W for every 165 rows, and tall, narrow GEMMs run near the machine's peak.
-* otherwise (bf16 autocast, GPUs, a head bias; the fused kernels are not measured there): chunks of ``CHUNK_BYTES``
-  of fp32 logits over the whole vocabulary. Under bf16 autocast the head matmuls run in bf16 and log-softmax in
-  fp32, as in the unfused path (logits.float() then F.cross_entropy). A chunk stays under glibc's 32 MiB mmap
-  ceiling, so its buffers are reused from the heap instead of being mapped and page-faulted (zeroed by the kernel)
-  afresh on every chunk (a 64 MiB chunk's log-softmax took 20 ms, a 16 MiB one 0.9 ms, on a 2-core EPYC).
+* CPU, no head bias, fp32 or bf16 (bf16 autocast with the head's bf16 copy): the training loss is one call of
+  PyTorch's CPU flash-attention kernel, the hidden states as queries and the head's rows as keys and values (scale 1):
+  it returns ``softmax(h W^T) @ W`` and the log-sum-exp, block by block in cache, holding no logits at all.
+  Measured against 165-position chunks (``benchmarks/bench_head_chunk.py``, alternating in one process): forward +
+  backward 0.61-0.68x (2-core AMD EPYC, fp32), 0.77-0.79x (2-core Xeon with AMX, bf16): a ``[165, d] x [d, V]`` GEMM
+  repacks all of W for every 165 rows.
+* fp32 evaluation on CPU: vocabulary blocks of ``HEAD_COLS`` columns over up to ``CHUNK_BYTES`` of logits (~3,968
+  positions), merging log-sum-exp, the label's logit and the top-k block by block; 0.68-0.72x (EPYC): tall, narrow
+  GEMMs run near the machine's peak.
+* otherwise (bf16 evaluation, GPUs, a head bias): chunks of ``CHUNK_BYTES`` of fp32 logits over the whole vocabulary.
+  Under bf16 autocast the head matmuls run in bf16 and log-softmax in fp32, as in the unfused path (logits.float()
+  then F.cross_entropy). On CPU in bf16 one head GEMM covers ``LOWP_GEMM_GROUP`` chunks and the top-k goes by
+  block maxima (:func:`_topk`): evaluation with top-k 0.70-0.71x (Xeon, AMX). A chunk stays under glibc's 32 MiB
+  mmap ceiling, so its buffers are reused from the heap instead of being mapped and page-faulted (zeroed by the
+  kernel) afresh on every chunk (a 64 MiB chunk's log-softmax took 20 ms, a 16 MiB one 0.9 ms, on a 2-core EPYC).
   Log-sum-exp comes from the fused log-softmax kernel and the backward from the fused softmax kernel.
 
 With SmolLM2's 49,152-token vocabulary, 6 users x 4 x 128 positions of logits are 600 MB per fp32 copy.
@@ -100,11 +102,18 @@ def _topk_values(v: torch.Tensor, lse: torch.Tensor, space: str) -> torch.Tensor
     return torch.exp(v - lse.unsqueeze(1)) if space == "probs" else v
 
 
-FUSED_CPU_FP32 = True
-"""Fused head paths for fp32 on CPU (measured there, ``benchmarks/bench_head_chunk.py``): the training loss through
-the CPU flash-attention kernel, the evaluation pass by vocabulary blocks. bf16 and GPUs keep the chunked paths."""
+FUSED_CPU = True
+"""Fused head paths on CPU (measured there, ``benchmarks/bench_head_chunk.py``): the training loss through the CPU
+flash-attention kernel (fp32, and bf16 under bf16 autocast or with a bf16 head), the fp32 evaluation pass by
+vocabulary blocks. GPUs keep the chunked paths."""
 HEAD_COLS = 2048
 """Vocabulary columns per block of the blocked evaluation pass."""
+LOWP_GEMM_GROUP = 3
+"""bf16 on CPU, chunked evaluation: the head GEMM runs over this many chunks of positions at once (bf16 logits,
+~48 MiB for SmolLM2), and log-softmax over one chunk at a time. A ``[m, d] x [d, V]`` bf16 GEMM costs a fixed ~7.5 ms
+(repacking W) plus ~20 us a row on a 2-core Xeon with AMX: 165 rows 10.4 ms, 495 rows ~17 ms."""
+TOPK_BLOCK = 256
+"""Top-k over a vocabulary on CPU by block maxima (:func:`_topk`); 0 = plain ``torch.topk``."""
 
 
 try:
@@ -113,35 +122,71 @@ except (AttributeError, RuntimeError):  # older torch
     _FLASH = None
 
 
-def _fused(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Whether the fused paths apply: fp32 hidden states and head on CPU, no bias, no autocast."""
-    return (
-        FUSED_CPU_FP32
-        and _FLASH is not None
-        and hidden.device.type == "cpu"
-        and bias is None
-        and hidden.dtype == weight.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
-    )
+def _fused_dtype(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.dtype | None:
+    """The dtype of the fused CPU paths for these operands, or None (chunked paths): fp32 when hidden states and
+    head are fp32 outside autocast; bf16 when the head is bf16 and either bf16 autocast is on or the hidden states
+    are bf16 (what the head's F.linear would compute in). No head bias; not on GPUs."""
+    if not FUSED_CPU or _FLASH is None or hidden.device.type != "cpu" or bias is not None:
+        return None
+    cast = torch.is_autocast_enabled("cpu")
+    if hidden.dtype == weight.dtype == torch.float32 and not cast:
+        return torch.float32
+    lowp = cast and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    if weight.dtype == torch.bfloat16 and (lowp or hidden.dtype == torch.bfloat16):
+        return torch.bfloat16
+    return None
 
 
 def _flash_nll_grad(
     hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 CPU: (nll [M], d nll / d hidden [M, d]) of ``hidden @ W^T`` in one fused pass, no logits held.
+    """CPU, fp32 or bf16 head: (nll [M] fp32, d nll / d hidden [M, d] in hidden's dtype) of ``hidden @ W^T`` in one
+    fused pass, no logits held.
 
     The gradient is ``softmax(h W^T) @ W - W[label]``: attention with the hidden states as queries and the head's
     rows as keys and values (scale 1), which the CPU flash-attention kernel computes block by block with its
-    log-sum-exp; nll = lse - h . W[label]. Rows labelled -100 get nll 0 and gradient 0."""
+    log-sum-exp (fp32 accumulation; in bf16 the probabilities are rounded to bf16 for the second product, as the
+    chunked path rounds its ``softmax - onehot``); nll = lse - h . W[label]. Rows labelled -100 get nll 0 and
+    gradient 0."""
     m, d = hidden.shape
     w = weight.view(1, 1, *weight.shape)
-    soft_w, lse = _FLASH(hidden.reshape(1, 1, m, d), w, w, 0.0, False, scale=1.0)
+    h = hidden.to(weight.dtype)  # what autocast would give the head's linear
+    with torch.autocast("cpu", enabled=False):
+        soft_w, lse = _FLASH(h.reshape(1, 1, m, d), w, w, 0.0, False, scale=1.0)
     valid = labels >= 0
     w_lab = weight[labels.clamp_min(0)]
-    nll = torch.where(valid, lse.reshape(m) - (hidden * w_lab).sum(1), torch.zeros((), dtype=hidden.dtype))
-    grad = soft_w.reshape(m, d).sub_(w_lab)
+    if weight.dtype == torch.float32:
+        dot, grad = (h * w_lab).sum(1), soft_w.reshape(m, d).sub_(w_lab)
+    else:
+        w_lab = w_lab.float()
+        dot = (h.float() * w_lab).sum(1)
+        grad = soft_w.reshape(m, d).float().sub_(w_lab)
+    nll = torch.where(valid, lse.reshape(m) - dot, torch.zeros((), dtype=torch.float32))
+    grad = grad.to(hidden.dtype)
     _zero_rows(grad, valid)
     return nll, grad
+
+
+def _topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.topk(x, k, dim=1)`` (values sorted, descending) by block maxima on CPU: the k largest of a row lie in
+    the k blocks of :data:`TOPK_BLOCK` columns with the largest maxima (a block without any of them has its maximum
+    below the k-th largest), so one max pass, a top-k over the block maxima and one over k blocks replace a top-k
+    over the whole row (bf16 [165, 49152]: 3.0 vs 5.7 ms). Same values; among tied values the ids may differ, as
+    they may between top-k implementations."""
+    m, v = x.shape
+    b = TOPK_BLOCK
+    nb = v // b if b else 0
+    if x.device.type != "cpu" or nb < 4 * k or x.stride(1) != 1:
+        return torch.topk(x, k, dim=1)
+    body = x[:, : nb * b].reshape(m, nb, b)
+    best = torch.topk(body.amax(2), k, dim=1).indices  # [m, k]
+    cand = body.gather(1, best.unsqueeze(2).expand(m, k, b)).reshape(m, k * b)
+    cols = (best.unsqueeze(2) * b + torch.arange(b, device=x.device)).reshape(m, k * b)
+    if nb * b < v:  # the ragged tail is always a candidate
+        cand = torch.cat([cand, x[:, nb * b :]], dim=1)
+        cols = torch.cat([cols, torch.arange(nb * b, v, device=x.device).expand(m, -1)], dim=1)
+    vals, j = torch.topk(cand, k, dim=1)
+    return vals, cols.gather(1, j)
 
 
 def _blocked_scores(
@@ -194,8 +239,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         # the forward up to the incoming per-row scalar, so it is computed here and the backward only scales it
         # (no recomputed logits: one head matmul and one softmax pass fewer per chunk)
         early = ctx.needs_input_grad[0] and not any(ctx.needs_input_grad[1:3])
-        fused = early and _fused(hidden, weight, bias)
-        if fused:  # fp32 on CPU: all rows in one flash-attention pass over the head's rows
+        fused = early and _fused_dtype(hidden, weight, bias) is not None
+        if fused:  # CPU, fp32 or bf16: all rows in one flash-attention pass over the head's rows
             nll, grad_rows = _flash_nll_grad(hidden, weight, labels)
         else:
             dtype = torch.promote_types(hidden.dtype, torch.float32)
@@ -281,20 +326,24 @@ def head_scores(
     """Evaluation pass of the head, chunk by chunk: (nll ``[M]`` fp32, top-k (values ``[M, k]`` fp32, ids ``[M, k]``)
     of probabilities (``space='probs'``) or raw logits, or None). ``rows`` sizes the chunks of the chunked path only;
     fp32 on CPU goes by vocabulary blocks (:func:`_blocked_scores`)."""
-    if _fused(hidden, weight, bias):
+    if _fused_dtype(hidden, weight, bias) == torch.float32:
         return _blocked_scores(hidden, weight, labels, topk, HEAD_COLS)
     rows = rows or chunk_rows(weight.shape[0])
+    lowp = weight.dtype == torch.bfloat16 or torch.is_autocast_enabled(hidden.device.type)
+    group = rows * LOWP_GEMM_GROUP if lowp and hidden.device.type == "cpu" else rows
     nll = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
     vals, idxs = [], []
-    for s in range(0, hidden.shape[0], rows):
-        raw = F.linear(hidden[s : s + rows], weight, bias)
-        logits = _up(raw)
-        nll[s : s + rows], lse = _chunk_nll(logits, labels[s : s + rows])
-        if topk is not None:
-            k, space = topk
-            # on the head's own output (bf16 under autocast: the same values, upcast exactly, and 1.4x faster)
-            v, i = torch.topk(raw if raw.dtype == torch.bfloat16 else logits, k, dim=-1)
-            v = v.float() if v.dtype == torch.bfloat16 else v
-            vals.append(_topk_values(v, lse, space))
-            idxs.append(i)
+    for g in range(0, hidden.shape[0], group):
+        raw_g = F.linear(hidden[g : g + group], weight, bias)  # bf16 on CPU: one GEMM over several chunks
+        for c in range(0, raw_g.shape[0], rows):
+            s, raw = g + c, raw_g[c : c + rows]
+            logits = _up(raw)
+            nll[s : s + rows], lse = _chunk_nll(logits, labels[s : s + rows])
+            if topk is not None:
+                k, space = topk
+                # on the head's own output (bf16 under autocast: the same values, upcast exactly, and 1.4x faster)
+                v, i = _topk(raw if raw.dtype == torch.bfloat16 else logits, k)
+                v = v.float() if v.dtype == torch.bfloat16 else v
+                vals.append(_topk_values(v, lse, space))
+                idxs.append(i)
     return nll, (torch.cat(vals), torch.cat(idxs)) if topk is not None else None
