@@ -25,6 +25,7 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--eval-batch", type=int, default=8)
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    ap.add_argument("--reference-tokens", type=int, default=1024, help="X_S tokens (data.reference_tokens)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="")
     args = ap.parse_args()
@@ -35,7 +36,7 @@ def main() -> None:
     from trustlora.config import LoraConfig, TrainConfig
     from trustlora.model.base import load_base
     from trustlora.model.multilora import MultiLoRA
-    from trustlora.train import LocalTrainer, autocast, evaluate, resolve_precision, stacked_loss
+    from trustlora.train import LocalTrainer, evaluate, resolve_precision, topk_predictions
 
     tuned = alloc.tune_glibc_malloc()
     allocator = alloc.loaded_allocator() + ("-tuned" if tuned else "")
@@ -49,11 +50,10 @@ def main() -> None:
     streams = [torch.randint(0, len(tok) - 1, (8192,), generator=g) for _ in range(n)]
     tcfg = TrainConfig(batch_size=args.batch, seq_len=args.seq, precision=prec, user_chunk="auto")
     trainer = LocalTrainer(mm, streams, tcfg, seed=0)
-    xs = torch.randint(0, len(tok) - 1, (n * 8, args.seq), generator=g)  # X_S: 8 windows a user
+    xs = torch.randint(0, len(tok) - 1, (args.reference_tokens,), generator=g)  # the shared public set X_S
 
-    def topk_pass() -> None:
-        with torch.no_grad(), autocast(prec):
-            stacked_loss(mm, xs, n, topk=(10, "probs"))
+    def topk_pass() -> None:  # strategy predictions' trust pass: every user's top-10 on X_S
+        topk_predictions(mm, xs, 10, "probs", args.seq, args.eval_batch, prec)
 
     phases = {
         "train step": trainer.step,
