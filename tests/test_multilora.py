@@ -396,6 +396,45 @@ def test_fast_rmsnorm_forward_bitwise_and_gradient_equal_to_autograd():
         torch.testing.assert_close(norm(h), type(norm).forward(norm, h), rtol=0, atol=0)
 
 
+def test_decoder_norms_emit_the_autocast_dtype_bitwise():
+    """Under bf16 autocast a decoder layer's input and post-attention norms return bf16 directly (trustlora.model.norm
+    CAST_OUT): logits and every adapter gradient of the stacked model are bitwise those of fp32 norm outputs cast by
+    the next linears; the final norm keeps fp32; fp32 runs are untouched."""
+    from trustlora.model import norm as norm_mod
+    from trustlora.model.base import load_base
+
+    model, _ = load_base("tiny-random")
+    layer = model.model.layers[0]
+    assert layer.input_layernorm.forward.__func__ is norm_mod._forward_cast
+    assert layer.post_attention_layernorm.forward.__func__ is norm_mod._forward_cast
+    assert model.model.norm.forward.__func__ is norm_mod._forward
+    with torch.no_grad():  # norm weights other than the initial ones, so a product rounded twice would show
+        for m in model.modules():
+            if type(m).__name__.endswith("RMSNorm"):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=torch.Generator().manual_seed(7)) + 0.5)
+    mm = MultiLoRA(model, N, LoraConfig(dropout=0.0), seed=0)
+    _random_adapters(mm)
+    ids = torch.randint(0, 256, (N * B, T), generator=torch.Generator().manual_seed(4))
+    h = torch.randn(3, 5, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer.input_layernorm(h).dtype == torch.bfloat16
+        assert model.model.norm(h).dtype == torch.float32
+    assert layer.input_layernorm(h).dtype == torch.float32
+    for bf16 in (True, False):
+        out = []
+        for fwd in (norm_mod._forward_cast, norm_mod._forward):
+            for lay in model.model.layers:
+                for m in (lay.input_layernorm, lay.post_attention_layernorm):
+                    m.forward = types.MethodType(fwd, m)
+            mm.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = mm(ids)
+            logits.float().square().mean().backward()
+            out.append((logits.detach(), torch.cat([p.grad.flatten() for p in mm.adapter_parameters()])))
+        assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+        assert out[0][1].norm() > 0
+
+
 def test_saving_swiglu_bitwise_equal_to_hf_mlp_forward_and_gradients():
     """load_base's LLaMA-family MLPs keep gate(x) and up(x) only for the backward: the same outputs and gradients
     (of the input and of the adapters), bitwise, as HF's MLP under autograd, in fp32 and bf16; one saved tensor
