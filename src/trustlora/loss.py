@@ -111,7 +111,10 @@ HEAD_COLS = 2048
 LOWP_GEMM_GROUP = 3
 """bf16 on CPU, chunked evaluation: the head GEMM runs over this many chunks of positions at once (bf16 logits,
 ~48 MiB for SmolLM2), and log-softmax over one chunk at a time. A ``[m, d] x [d, V]`` bf16 GEMM costs a fixed ~7.5 ms
-(repacking W) plus ~20 us a row on a 2-core Xeon with AMX: 165 rows 10.4 ms, 495 rows ~17 ms."""
+(repacking W) plus ~20 us a row on a 2-core Xeon with AMX: 165 rows 10.4 ms, 495 rows ~17 ms. Eval head with top-k
+over 3,072 positions, groups of 1 / 2 / 3 chunks: tcmalloc 472 / 421 / 363 ms, glibc with the CLI's raised thresholds
+447 / 394 / 339 ms, untuned glibc 446 / 410 / 445 ms (there the 48 MiB buffer is mapped afresh each time: no gain,
+no loss)."""
 TOPK_BLOCK = 256
 """Top-k over a vocabulary on CPU by block maxima (:func:`_topk`); 0 = plain ``torch.topk``."""
 
