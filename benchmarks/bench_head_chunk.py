@@ -68,7 +68,7 @@ def main() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             head_scores(eval_hidden, weight, None, eval_labels, (10, "probs"), rows=r)
 
-    plain = {"FUSED_CPU": False, "LOWP_GEMM_GROUP": 1, "TOPK_BLOCK": 0}  # one chunk at a time, torch.topk
+    plain = loss.PLAIN_HEAD  # one chunk at a time, torch.topk
     current = {k: getattr(loss, k) for k in plain}  # trustlora's defaults
 
     def using(fn, settings):

@@ -62,7 +62,7 @@ def main() -> None:
         ),
         "X_S top-k pass": topk_pass,
     }
-    plain = {"FUSED_CPU": False, "LOWP_GEMM_GROUP": 1, "TOPK_BLOCK": 0}
+    plain = loss.PLAIN_HEAD
     settings = {"before": plain, "after": {k: getattr(loss, k) for k in plain}}
     times: dict[tuple[str, str], list[float]] = {}
     for rep in range(args.repeats + 1):  # the first round warms up

@@ -117,6 +117,9 @@ over 3,072 positions, groups of 1 / 2 / 3 chunks: tcmalloc 472 / 421 / 363 ms, g
 no loss)."""
 TOPK_BLOCK = 256
 """Top-k over a vocabulary on CPU by block maxima (:func:`_topk`); 0 = plain ``torch.topk``."""
+PLAIN_HEAD = {"FUSED_CPU": False, "LOWP_GEMM_GROUP": 1, "TOPK_BLOCK": 0}
+"""The settings above that turn the CPU fast paths off (one chunk at a time, ``torch.topk``): what the benchmarks
+(``bench_head_chunk.py``, ``bench_head_model.py``) compare the defaults against."""
 
 
 try:
@@ -157,13 +160,9 @@ def _flash_nll_grad(
     with torch.autocast("cpu", enabled=False):
         soft_w, lse = _FLASH(h.reshape(1, 1, m, d), w, w, 0.0, False, scale=1.0)
     valid = labels >= 0
-    w_lab = weight[labels.clamp_min(0)]
-    if weight.dtype == torch.float32:
-        dot, grad = (h * w_lab).sum(1), soft_w.reshape(m, d).sub_(w_lab)
-    else:
-        w_lab = w_lab.float()
-        dot = (h.float() * w_lab).sum(1)
-        grad = soft_w.reshape(m, d).float().sub_(w_lab)
+    w_lab = weight[labels.clamp_min(0)].float()  # .float() is the tensor itself in fp32
+    dot = (h.float() * w_lab).sum(1)
+    grad = soft_w.reshape(m, d).float().sub_(w_lab)
     nll = torch.where(valid, lse.reshape(m) - dot, torch.zeros((), dtype=torch.float32))
     grad = grad.to(hidden.dtype)
     _zero_rows(grad, valid)
