@@ -349,6 +349,41 @@ def test_grouped_attention_equals_eager_forward_bitwise_and_backward_closely():
         assert ref.norm() > 0
 
 
+def test_no_grad_attention_goes_through_sdpa_under_the_same_mask():
+    """Without autograd the LLaMA-family CPU attention is SDPA under eager's mask: logits equal eager's in fp32 (to
+    1e-5) and in bf16 (to bf16's rounding), padding and causality are honoured (a padded row's real positions get the
+    logits of the unpadded row), and with NO_GRAD_SDPA off the no-grad pass is eager's bitwise."""
+    from trustlora.model import attention as attn
+    from trustlora.model.base import load_base
+
+    model, _ = load_base("tiny-random")
+    ids = torch.randint(0, 256, (4, T), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # left padding
+    mask[2, -2:] = 0  # right padding
+
+    def logits(impl, sdpa, bf16, **kw):
+        model.config._attn_implementation = impl
+        attn.NO_GRAD_SDPA = sdpa
+        try:
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                return model(input_ids=ids, attention_mask=mask, **kw).logits.float()
+        finally:
+            attn.NO_GRAD_SDPA = True
+            model.config._attn_implementation = attn.NAME
+
+    for bf16, tol in ((False, 1e-5), (True, 6e-2)):
+        eager = logits("eager", True, bf16)
+        fast = logits(attn.NAME, True, bf16)
+        keep = mask.bool()
+        assert not torch.equal(fast, eager) or not bf16  # bf16: a different kernel, different roundings
+        torch.testing.assert_close(fast[keep], eager[keep], rtol=tol, atol=tol)
+        assert torch.equal(logits(attn.NAME, False, bf16), eager)
+    with torch.no_grad():
+        alone = model(input_ids=ids[1:2, 3:]).logits
+    torch.testing.assert_close(logits(attn.NAME, True, False)[1, 3:], alone[0], rtol=1e-5, atol=1e-5)
+
+
 def test_host_bit_streams_mask_each_user_alone_and_resume_exactly():
     """CPU dropout streams (numpy SFC64): a user's mask depends on its own stream only, and a saved state continues
     the stream exactly; a torch generator state (older checkpoints) is refused with a clear error."""
