@@ -165,12 +165,13 @@ def resolve_device(device: str) -> torch.device:
 
 
 def cpu_attention(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """On CPU, HF's eager attention (matmul, softmax, matmul) instead of SDPA: for the short windows trained here
-    PyTorch's CPU flash-attention kernel is ~3x slower in bf16 (fwd+bwd of 24 x 9 heads x 128 x 64: 43 ms vs 13 ms
-    on a 2-core EPYC; equal in fp32). LLaMA-family models then get the same eager attention without K/V copies per
-    query head, and SDPA under the same mask in passes without autograd (:mod:`trustlora.model.attention`), RMSNorm with a closed-form backward (:mod:`trustlora.model.norm`)
-    and SwiGLU MLPs that save one activation less (:mod:`trustlora.model.mlp`); all keep the forward bitwise. GPUs
-    keep SDPA and HF's norms."""
+    """On CPU, HF's eager attention (matmul, softmax, matmul) instead of SDPA for training: for the short windows
+    trained here PyTorch's CPU flash-attention kernel is ~3x slower in bf16 (fwd+bwd of 24 x 9 heads x 128 x 64:
+    43 ms vs 13 ms on a 2-core EPYC; equal in fp32). LLaMA-family models then get the same eager attention without
+    K/V copies per query head, and SDPA under the same mask in passes without autograd
+    (:mod:`trustlora.model.attention`), RMSNorm with a closed-form backward (:mod:`trustlora.model.norm`) and SwiGLU
+    MLPs that save one activation less (:mod:`trustlora.model.mlp`); the training forward stays bitwise. GPUs keep
+    SDPA and HF's norms."""
     if device.type == "cpu" and hasattr(model, "set_attn_implementation"):
         try:
             model.set_attn_implementation("eager")
