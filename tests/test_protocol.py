@@ -211,6 +211,41 @@ def test_base_eval_cached_on_disk_and_keyed(tiny_overrides, tmp_path, _private_b
     assert not any(r.get("cached") for r in base(off))
 
 
+@pytest.mark.parametrize("strategy", ["predictions", "validation"])
+def test_trust_starting_point_cached_on_disk_and_keyed(tiny_overrides, tmp_path, _private_base_eval_cache, strategy):
+    """The strategies' starting points (base top-k on X_S, base CE on the trust val tokens) are computed by the first
+    run and read back by the next identical one: same trust matrices bitwise, fewer forward positions in the first
+    round's trust step; other trust settings recompute it, and eval.cache_base=false neither reads nor writes."""
+
+    def trust(run_dir):
+        recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return [r for r in recs if r["kind"] == "trust"]
+
+    def starts():
+        return sorted(p.name for p in _private_base_eval_cache.glob("*.pt"))
+
+    over = [f"strategy={strategy}"]
+    t1 = trust(_run(tiny_overrides, tmp_path, "a", over)[0])
+    assert len(starts()) == 1 and t1[0]["start_cached"] is False
+    assert all("start_cached" not in r for r in t1[1:])
+    t2 = trust(_run(tiny_overrides, tmp_path, "b", over)[0])
+    assert t2[0]["start_cached"] is True
+    assert [r["W"] for r in t1] == [r["W"] for r in t2]
+    assert t2[0]["positions"] < t1[0]["positions"] and [r["positions"] for r in t1[1:]] == [
+        r["positions"] for r in t2[1:]
+    ]
+    other = "trust.topk=5" if strategy == "predictions" else "trust.val_tokens=24"
+    t3 = trust(_run(tiny_overrides, tmp_path, "c", over + [other])[0])
+    assert t3[0]["start_cached"] is False and len(starts()) == 2
+    t4 = trust(_run(tiny_overrides, tmp_path, "d", over + ["eval.cache_base=false"])[0])
+    assert t4[0]["start_cached"] is False and len(starts()) == 2
+    for name in starts():  # a damaged entry is a miss, then rewritten
+        (_private_base_eval_cache / name).write_bytes(b"damaged")
+    assert trust(_run(tiny_overrides, tmp_path, "e", over)[0])[0]["start_cached"] is False
+    t6 = trust(_run(tiny_overrides, tmp_path, "f", over)[0])
+    assert t6[0]["start_cached"] is True and [r["W"] for r in t6] == [r["W"] for r in t1]
+
+
 def test_shared_workspace_replays_base_eval_at_no_cost(tiny_overrides, tmp_path):
     """compare/robustness share one Workspace: the second run replays the base eval and its phases say so."""
     from trustlora.cli import main

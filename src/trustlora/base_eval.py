@@ -9,16 +9,23 @@ val/test token streams of every user, ``train.seq_len``, the resolved precision,
 and ``eval.during_tokens``. Change any of them and the evaluation runs again. Records are the ``kind: eval,
 model: base`` dicts of metrics.jsonl, replayed with ``cached: true`` and ``seconds``/``positions`` 0 (this run did not
 spend them; ``measured_seconds`` keeps the original cost).
+
+The trust strategies' starting points (the frozen base model's top-k on X_S for ``predictions``, its CE on each
+user's trust val tokens for ``validation``: computed once per run, in the first round's trust step) are cached the
+same way (``start_key`` / ``load_start`` / ``save_start``, tensors in ``<key>.pt``), keyed by the strategy, the model's
+weights, the X_S and val token streams, the whole ``trust`` section, ``train.seq_len``, ``eval.batch_size``, the
+precision and the device type.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 
 import torch
 
-from trustlora.cache import atomic_write_json, cache_dir
+from trustlora.cache import atomic_write_bytes, atomic_write_json, cache_dir
 
 VERSION = 1
 
@@ -88,3 +95,43 @@ def replayed(rec: dict) -> dict:
 
 def save(key: str, records: list[dict]) -> None:
     atomic_write_json(_dir() / f"{key}.json", [r for r in records if r.get("model") == "base"])
+
+
+def start_key(model_fp: str, strategy: str, cfg, reference, val: list[torch.Tensor], precision: str, device) -> str:
+    """Key of a strategy's starting point (see the module docstring); ``reference``: the X_S token stream or None."""
+    from trustlora.config import to_dict
+
+    parts = {
+        "version": VERSION,
+        "kind": "start",
+        "strategy": strategy,
+        "model": model_fp,
+        "reference": None if reference is None else streams_digest([reference]),
+        "val": streams_digest(val),
+        "trust": to_dict(cfg)["trust"],
+        "seq_len": cfg.train.seq_len,
+        "eval_batch_size": cfg.eval.batch_size,
+        "precision": precision,
+        "device": torch.device(device).type,
+    }
+    return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
+
+
+def load_start(key: str) -> dict[str, torch.Tensor] | None:
+    """The cached starting point (name -> tensor), or None (missing or damaged: recomputed and overwritten)."""
+    path = _dir() / f"{key}.pt"
+    if not path.is_file():
+        return None
+    try:
+        got = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001  (any unreadable file is a cache miss)
+        return None
+    if not isinstance(got, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in got.items()):
+        return None
+    return got
+
+
+def save_start(key: str, start: dict[str, torch.Tensor]) -> None:
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in start.items()}, buf)
+    atomic_write_bytes(_dir() / f"{key}.pt", buf.getvalue())

@@ -460,7 +460,9 @@ class EvalConfig:
     """Test/val tokens per user evaluated after each round (0 = full split); the final evaluation is always full."""
     cache_base: bool = True
     """Reuse the frozen base model's evaluation from the cache ($TRUSTLORA_CACHE/base_eval) when the model weights,
-    the users' val/test tokens, seq_len, precision, device and the eval settings are identical (simulation runs)."""
+    the users' val/test tokens, seq_len, precision, device and the eval settings are identical (simulation runs);
+    likewise the trust strategies' starting points (the base model's top-k on X_S, its CE on the trust val tokens),
+    keyed also by X_S and the trust settings."""
 
 
 @dataclass

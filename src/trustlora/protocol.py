@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from trustlora import base_eval
 from trustlora.aggregate import mix_updates, mix_weights, neighbour_mask
 from trustlora.attacks import UPDATE_KINDS, fake_topk, poison_updates, round_rng
 from trustlora.comm import Communicator
@@ -162,6 +163,8 @@ class Rounds:
         self.theta0_local = mm.get_flat().detach().clone() if self.needs_reference else None
         self._reference: dict[str, torch.Tensor] = {}  # 'theta0': every user's starting point (a message, once)
         self._start: dict[str, torch.Tensor] | None = None  # the strategy's starting_point(ctx), once per run
+        self.start_key: str | None = None  # disk-cache key of that starting point (api sets it; None: not cached)
+        self.start_cached: bool | None = None  # whether it came from the disk cache (None: not needed yet)
         self._positions: int | None = None  # real token positions of X_S's windows (top-k message shapes)
         # previous round's updates: what this process's slots published (attack 'copy' resends one) and what arrived
         # (faults.duplicates: a replay of one of them is nobody's new work); in checkpoints (state_dict)
@@ -412,7 +415,15 @@ class Rounds:
         """
         if self._start is None:
             hook = getattr(self.strategy, "starting_point", None)
-            self._start = dict(hook(self.context())) if hook is not None else {}
+            key = self.start_key if getattr(self.strategy, "cache_start", False) else None
+            cached = base_eval.load_start(key) if key else None
+            self.start_cached = cached is not None
+            if cached is not None:
+                self._start = cached  # from an earlier run with the same model, data and settings (no compute)
+            else:
+                self._start = dict(hook(self.context())) if hook is not None else {}
+                if key and self._start:
+                    base_eval.save_start(key, self._start)
             unknown = sorted(k for k in self._start if not hasattr(inp, k) or k == "extra")
             if unknown:
                 raise ValueError(f"strategy '{self.strategy.name}': starting_point() returned unknown fields {unknown}")
@@ -651,9 +662,12 @@ class Rounds:
         after = self.mm.get_flat()
         self.comm.reset_bytes()
         t1, pos1 = time.perf_counter(), self.mm.positions
+        had_start = self._start is not None
         w, scores, faults = self.exchange(before, after, r)
+        start = {} if had_start or self._start is None else {"start_cached": self.start_cached}
         self.record(
             {
+                **start,  # the round that got the strategy's starting point: from the disk cache or computed
                 "kind": "trust",
                 "round": r,
                 "step": step,

@@ -75,6 +75,10 @@ class Predictions(Strategy):
     reference: tuple[str, ...] = ("topk_base",)
     """What the relative calibration measures movement from (:meth:`starting_point`, once per run)."""
 
+    cache_start = True
+    """:meth:`starting_point` depends only on the frozen model, the data and the settings in its disk-cache key
+    (:func:`trustlora.base_eval.start_key`), so runs reuse it."""
+
     def needs_reference(self, cfg) -> bool:
         return resolved_scale(cfg, "relative") == "relative"
 

@@ -149,6 +149,10 @@ class Validation(Strategy):
         """Messages consumed under ``cfg``: peers' models, or their updates (``trust.val_candidate=update``)."""
         return ("delta", "val_cross") if candidate(cfg) == "update" else self.needs
 
+    cache_start = True
+    """:meth:`starting_point` depends only on the frozen model, the data and the settings in its disk-cache key
+    (:func:`trustlora.base_eval.start_key`), so runs reuse it."""
+
     def needs_reference(self, cfg) -> bool:
         return resolved_scale(cfg, "relative") == "relative"
 
