@@ -1,11 +1,15 @@
-"""The LM-head settings of trustlora.loss inside the real model: a training step, an evaluation pass and an X_S top-k
-pass with the plain chunked head ("before": FUSED_CPU, LOWP_GEMM_GROUP and TOPK_BLOCK off) and with the defaults
-("after"), alternating in one process, medians and ratios printed side by side.
+"""CPU fast paths inside the real model: a training step, an evaluation pass and an X_S top-k pass with a fast path
+off ("before") and on (the defaults, "after"), alternating in one process, medians and ratios printed side by side.
+
+``--compare head`` (default): the LM-head settings of trustlora.loss (before: the plain chunked head, FUSED_CPU,
+LOWP_GEMM_GROUP and TOPK_BLOCK off). ``--compare attention``: attention in passes without autograd (before: grouped
+eager, trustlora.model.attention.NO_GRAD_SDPA off; after: SDPA under the same mask; the training step is the control).
 
     python benchmarks/bench_head_model.py                      # SmolLM2, 6 users, batch 4 x 128, auto precision
     LD_PRELOAD=~/.cache/trustlora/alloc/libtcmalloc_minimal.so.4 python benchmarks/bench_head_model.py --precision bf16
+    python benchmarks/bench_head_model.py --compare attention
 
-Results: ``benchmarks/results/head-model-<allocator>-<precision>.json``.
+Results: ``benchmarks/results/head-model-<allocator>-<precision>.json`` (``attention-model-...`` for attention).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ def main() -> None:
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     ap.add_argument("--reference-tokens", type=int, default=1024, help="X_S tokens (data.reference_tokens)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--compare", default="head", choices=["head", "attention"])
     ap.add_argument("--out", default="")
     args = ap.parse_args()
 
@@ -34,6 +39,7 @@ def main() -> None:
 
     from trustlora import alloc, loss
     from trustlora.config import LoraConfig, TrainConfig
+    from trustlora.model import attention
     from trustlora.model.base import load_base
     from trustlora.model.multilora import MultiLoRA
     from trustlora.train import LocalTrainer, evaluate, resolve_precision, topk_predictions
@@ -62,26 +68,27 @@ def main() -> None:
         ),
         "X_S top-k pass": topk_pass,
     }
-    plain = loss.PLAIN_HEAD
-    settings = {"before": plain, "after": {k: getattr(loss, k) for k in plain}}
+    module, plain = (loss, loss.PLAIN_HEAD) if args.compare == "head" else (attention, {"NO_GRAD_SDPA": False})
+    settings = {"before": plain, "after": {k: getattr(module, k) for k in plain}}
     times: dict[tuple[str, str], list[float]] = {}
     for rep in range(args.repeats + 1):  # the first round warms up
         for name, st in settings.items():
             for k, v in st.items():
-                setattr(loss, k, v)
+                setattr(module, k, v)
             for phase, fn in phases.items():
                 t = time.perf_counter()
                 fn()
                 if rep:
                     times.setdefault((phase, name), []).append(time.perf_counter() - t)
-    print(f"{args.model}, {n} users, batch {args.batch} x {args.seq}, {prec}, allocator {allocator}")
+    print(f"{args.model}, {n} users, batch {args.batch} x {args.seq}, {prec}, allocator {allocator}, {args.compare}")
     print(f"{'phase':<16} {'before s':>9} {'after s':>9} {'after/before':>13}")
-    result = {"allocator": allocator, "precision": prec, "args": vars(args), "phases": {}}
+    result = {"allocator": allocator, "precision": prec, "compare": args.compare, "args": vars(args), "phases": {}}
     for phase in phases:
         b, a = (statistics.median(times[(phase, k)]) for k in ("before", "after"))
         print(f"{phase:<16} {b:>9.3f} {a:>9.3f} {a / b:>12.2f}x")
         result["phases"][phase] = {"before_s": b, "after_s": a, "ratio": a / b}
-    out = Path(args.out or Path(__file__).parent / "results" / f"head-model-{allocator}-{prec}.json")
+    stem = "head-model" if args.compare == "head" else "attention-model"
+    out = Path(args.out or Path(__file__).parent / "results" / f"{stem}-{allocator}-{prec}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"-> {out}")
