@@ -275,7 +275,7 @@ def run_users(cfg: Config, comm, ws: Workspace | None = None, progress: bool = T
     )
     if all_here and cfg.eval.cache_base and ws.model_fp and proto.needs_reference:
         prec = resolve_precision(cfg.train.precision, mm.device)
-        proto.start_key = base_eval.start_key(ws.model_fp, cfg.strategy, cfg, data.reference, data.val, prec, mm.device)
+        proto.start_key = base_eval.start_key(ws.model_fp, cfg, data.reference, data.val, prec, mm.device)
     wall0 = time.time()
     train_time = 0.0
     if start_round:

@@ -26,6 +26,7 @@ import json
 import torch
 
 from trustlora.cache import atomic_write_bytes, atomic_write_json, cache_dir
+from trustlora.config import to_dict
 
 VERSION = 1
 
@@ -97,14 +98,13 @@ def save(key: str, records: list[dict]) -> None:
     atomic_write_json(_dir() / f"{key}.json", [r for r in records if r.get("model") == "base"])
 
 
-def start_key(model_fp: str, strategy: str, cfg, reference, val: list[torch.Tensor], precision: str, device) -> str:
-    """Key of a strategy's starting point (see the module docstring); ``reference``: the X_S token stream or None."""
-    from trustlora.config import to_dict
-
+def start_key(model_fp: str, cfg, reference, val: list[torch.Tensor], precision: str, device) -> str:
+    """Key of ``cfg.strategy``'s starting point (see the module docstring); ``reference``: the X_S token stream or
+    None."""
     parts = {
         "version": VERSION,
         "kind": "start",
-        "strategy": strategy,
+        "strategy": cfg.strategy,
         "model": model_fp,
         "reference": None if reference is None else streams_digest([reference]),
         "val": streams_digest(val),
