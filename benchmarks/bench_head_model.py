@@ -4,12 +4,16 @@ off ("before") and on (the defaults, "after"), alternating in one process, media
 ``--compare head`` (default): the LM-head settings of trustlora.loss (before: the plain chunked head, FUSED_CPU,
 LOWP_GEMM_GROUP and TOPK_BLOCK off). ``--compare attention``: attention in passes without autograd (before: grouped
 eager, trustlora.model.attention.NO_GRAD_SDPA off; after: SDPA under the same mask; the training step is the control).
+``--compare lora``: the adapters' ``x @ A`` (before: ``bmm``, trustlora.model.multilora.SKINNY_DOWN off; after: the
+transposed products of ``lora_down``; fp32 on CPU only).
 
     python benchmarks/bench_head_model.py                      # SmolLM2, 6 users, batch 4 x 128, auto precision
     LD_PRELOAD=~/.cache/trustlora/alloc/libtcmalloc_minimal.so.4 python benchmarks/bench_head_model.py --precision bf16
     python benchmarks/bench_head_model.py --compare attention
+    python benchmarks/bench_head_model.py --compare lora --precision fp32
 
-Results: ``benchmarks/results/head-model-<allocator>-<precision>.json`` (``attention-model-...`` for attention).
+Results: ``benchmarks/results/head-model-<allocator>-<precision>.json`` (``attention-model-...`` for attention,
+``lora-model-...`` for lora).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ def main() -> None:
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     ap.add_argument("--reference-tokens", type=int, default=1024, help="X_S tokens (data.reference_tokens)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--compare", default="head", choices=["head", "attention"])
+    ap.add_argument("--compare", default="head", choices=["head", "attention", "lora"])
     ap.add_argument("--out", default="")
     args = ap.parse_args()
 
@@ -39,7 +43,7 @@ def main() -> None:
 
     from trustlora import alloc, loss
     from trustlora.config import LoraConfig, TrainConfig
-    from trustlora.model import attention
+    from trustlora.model import attention, multilora
     from trustlora.model.base import load_base
     from trustlora.model.multilora import MultiLoRA
     from trustlora.train import LocalTrainer, evaluate, resolve_precision, topk_predictions
@@ -68,7 +72,11 @@ def main() -> None:
         ),
         "X_S top-k pass": topk_pass,
     }
-    module, plain = (loss, loss.PLAIN_HEAD) if args.compare == "head" else (attention, {"NO_GRAD_SDPA": False})
+    module, plain = {
+        "head": (loss, loss.PLAIN_HEAD),
+        "attention": (attention, {"NO_GRAD_SDPA": False}),
+        "lora": (multilora, {"SKINNY_DOWN": False}),
+    }[args.compare]
     settings = {"before": plain, "after": {k: getattr(module, k) for k in plain}}
     times: dict[tuple[str, str], list[float]] = {}
     for rep in range(args.repeats + 1):  # the first round warms up
@@ -87,7 +95,7 @@ def main() -> None:
         b, a = (statistics.median(times[(phase, k)]) for k in ("before", "after"))
         print(f"{phase:<16} {b:>9.3f} {a:>9.3f} {a / b:>12.2f}x")
         result["phases"][phase] = {"before_s": b, "after_s": a, "ratio": a / b}
-    stem = "head-model" if args.compare == "head" else "attention-model"
+    stem = {"head": "head-model", "attention": "attention-model", "lora": "lora-model"}[args.compare]
     out = Path(args.out or Path(__file__).parent / "results" / f"{stem}-{allocator}-{prec}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

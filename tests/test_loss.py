@@ -1,6 +1,7 @@
 """The chunked linear cross-entropy (trustlora.loss) equals the full-logits path: loss, gradients, top-k."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -299,3 +300,36 @@ def test_block_max_topk_and_grouped_bf16_head_equal_the_plain_ones(monkeypatch, 
     raw = F.linear(h.bfloat16(), w).float()
     assert torch.equal(raw.gather(1, i1), v1)
     assert all(len(set(r)) == 10 for r in i1.tolist())
+
+
+@pytest.mark.parametrize("cols", [3, 16, 96])
+def test_blocked_topk_searches_only_rows_a_block_can_change(monkeypatch, cols):
+    """fp32 blocked evaluation (trustlora.loss._merge_topk): the running top-k of a row is searched again in a
+    vocabulary block only where the block's maximum beats the row's k-th value; the result is torch.topk over the
+    whole row (values and ids, no ties here), with blocks narrower than k, with rows whose top-k lies in the first
+    blocks (later blocks skipped) and rows whose top-k is spread; nll equals the plain log-sum-exp's."""
+    g = torch.Generator().manual_seed(11)
+    v, d, m, k = 400, 16, 30, 5
+    w, h = torch.randn(v, d, generator=g), torch.randn(m, d, generator=g)
+    w[:20] += 3 * h[:10].mean(0)  # rows 0-9: their top-k among the first ids, as common tokens in a real vocabulary
+    lab = torch.randint(0, v, (m,), generator=g)
+    searched = []  # rows searched per block (a block's search: a top-k over its own width; merges are wider)
+    real = torch.topk
+    widths = {cols, v % cols} - {0}
+
+    def counting(x, kk, *a, **kw):
+        if x.shape[1] in widths and kk == min(k, x.shape[1]):
+            searched.append(x.shape[0])
+        return real(x, kk, *a, **kw)
+
+    monkeypatch.setattr(loss.torch, "topk", counting)
+    nll, (vals, ids) = loss._blocked_scores(h, w, lab, (k, "logits"), cols)
+    monkeypatch.setattr(loss.torch, "topk", real)
+    logits = h @ w.T
+    ref_v, ref_i = torch.topk(logits, k, dim=1)
+    torch.testing.assert_close(vals, ref_v)
+    assert torch.equal(ids, ref_i)
+    torch.testing.assert_close(nll, torch.logsumexp(logits, 1) - logits.gather(1, lab.unsqueeze(1)).squeeze(1))
+    blocks = math.ceil(v / cols)
+    assert searched[0] == m and len(searched) <= blocks  # the first block searches every row
+    assert sum(searched) < m * blocks  # some (row, block) pairs were skipped
