@@ -333,3 +333,23 @@ def test_blocked_topk_searches_only_rows_a_block_can_change(monkeypatch, cols):
     blocks = math.ceil(v / cols)
     assert searched[0] == m and len(searched) <= blocks  # the first block searches every row
     assert sum(searched) < m * blocks  # some (row, block) pairs were skipped
+
+
+def test_blocked_head_keeps_torch_semantics_for_non_finite_logits(monkeypatch):
+    """A diverged or lying peer's model can produce infinite or NaN logits: the fp32 blocked evaluation (in-place
+    log-sum-exp, row-gated top-k) keeps torch.logsumexp's and torch.topk's semantics there (an overflowing row's nll
+    is inf, not NaN; NaN rows stay NaN; the top-k values of the whole row)."""
+    g = torch.Generator().manual_seed(4)
+    w, h = torch.randn(300, 8, generator=g), torch.randn(12, 8, generator=g)
+    lab = torch.randint(0, 300, (12,), generator=g)
+    h[3], h[5, 0], h[7] = float("inf"), float("-inf"), float("nan")
+    w[250] = 3e38  # logits that overflow to +-inf in a late block
+    w[280, 1], h[9, 1] = float("inf"), 0.0  # row 9: one NaN logit (0 * inf), in the last block only
+    monkeypatch.setattr(loss, "HEAD_COLS", 64)
+    monkeypatch.setattr(loss, "FUSED_CPU", True)
+    nll, (vals, _) = head_scores(h, w, None, lab, (5, "logits"))
+    logits = h @ w.T
+    ref = torch.logsumexp(logits, 1) - logits.gather(1, lab.unsqueeze(1)).squeeze(1)
+    assert torch.isinf(ref).any() and torch.isnan(ref).any()
+    torch.testing.assert_close(nll, ref, equal_nan=True)
+    torch.testing.assert_close(vals, torch.topk(logits, 5, dim=1).values, equal_nan=True)

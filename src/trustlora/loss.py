@@ -212,7 +212,7 @@ def _merge_topk(
     if top_v.shape[1] < k:  # the blocks so far were narrower than k: every row merges
         rows = torch.arange(logits.shape[0], device=logits.device)
     else:
-        rows = (mx > top_v[:, -1]).nonzero().squeeze(1)
+        rows = ((mx > top_v[:, -1]) | mx.isnan()).nonzero().squeeze(1)  # NaN ranks above all, as in torch.topk
     if rows.numel() == 0:
         return top_v, top_i  # type: ignore[return-value]
     part = logits if rows.numel() == logits.shape[0] else logits.index_select(0, rows)
@@ -255,8 +255,9 @@ def _blocked_scores(
             tgt = torch.where(here, got, torch.zeros_like(got) if tgt is None else tgt)
             if topk is not None:
                 top_v, top_i = _merge_topk(logits, mx, b, topk[0], top_v, top_i)
-            # torch.logsumexp's own steps (max, exp of the difference, sum, log, + max), the block's max reused and
-            # the buffer overwritten in place (its logits are not read again): equal bitwise for finite logits
+            # torch.logsumexp's own steps (max, an infinite max taken as 0, exp of the difference, sum, log, + max),
+            # the block's max reused and the buffer overwritten in place (its logits are not read again): bitwise equal
+            mx = mx.masked_fill_(mx.abs() == float("inf"), 0.0)
             lse_b = logits.sub_(mx.unsqueeze(1)).exp_().sum(dim=1).log_().add_(mx)
             lse = lse_b if lse is None else torch.logaddexp(lse, lse_b)
         nll[s : s + m] = torch.where(lab >= 0, lse - tgt, torch.zeros_like(lse))
