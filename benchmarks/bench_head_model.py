@@ -72,10 +72,10 @@ def main() -> None:
         ),
         "X_S top-k pass": topk_pass,
     }
-    module, plain = {
-        "head": (loss, loss.PLAIN_HEAD),
-        "attention": (attention, {"NO_GRAD_SDPA": False}),
-        "lora": (multilora, {"SKINNY_DOWN": False}),
+    module, plain, stem = {
+        "head": (loss, loss.PLAIN_HEAD, "head-model"),
+        "attention": (attention, {"NO_GRAD_SDPA": False}, "attention-model"),
+        "lora": (multilora, {"SKINNY_DOWN": False}, "lora-model"),
     }[args.compare]
     settings = {"before": plain, "after": {k: getattr(module, k) for k in plain}}
     times: dict[tuple[str, str], list[float]] = {}
@@ -95,7 +95,6 @@ def main() -> None:
         b, a = (statistics.median(times[(phase, k)]) for k in ("before", "after"))
         print(f"{phase:<16} {b:>9.3f} {a:>9.3f} {a / b:>12.2f}x")
         result["phases"][phase] = {"before_s": b, "after_s": a, "ratio": a / b}
-    stem = {"head": "head-model", "attention": "attention-model", "lora": "lora-model"}[args.compare]
     out = Path(args.out or Path(__file__).parent / "results" / f"{stem}-{allocator}-{prec}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

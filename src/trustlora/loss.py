@@ -257,7 +257,7 @@ def _blocked_scores(
                 top_v, top_i = _merge_topk(logits, mx, b, topk[0], top_v, top_i)
             # torch.logsumexp's own steps (max, an infinite max taken as 0, exp of the difference, sum, log, + max),
             # the block's max reused and the buffer overwritten in place (its logits are not read again): bitwise equal
-            mx = mx.masked_fill_(mx.abs() == float("inf"), 0.0)
+            mx.masked_fill_(mx.abs() == float("inf"), 0.0)
             lse_b = logits.sub_(mx.unsqueeze(1)).exp_().sum(dim=1).log_().add_(mx)
             lse = lse_b if lse is None else torch.logaddexp(lse, lse_b)
         nll[s : s + m] = torch.where(lab >= 0, lse - tgt, torch.zeros_like(lse))

@@ -180,9 +180,7 @@ def lora_down(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     summation order. fp32 on CPU it goes through :class:`_LoraDown` (see :data:`SKINNY_DOWN`)."""
     if not (SKINNY_DOWN and x.device.type == "cpu" and x.dtype == a.dtype == torch.float32):
         return torch.bmm(x, a)
-    if torch.is_grad_enabled() and (x.requires_grad or a.requires_grad):
-        return _LoraDown.apply(x, a)
-    return torch.bmm(a.transpose(1, 2).contiguous(), x.transpose(1, 2)).transpose(1, 2)
+    return _LoraDown.apply(x, a)  # without autograd (no grad mode, nothing requiring grad) only its forward runs
 
 
 def dropout_seed(seed: int, user: int) -> int:
