@@ -55,9 +55,11 @@ def _in_out(m: nn.Module) -> tuple[int, int]:
 def find_targets(model: nn.Module, targets: list[str]) -> list[str]:
     """Names of the linear modules to adapt.
 
-    'all' = every linear inside a transformer block (attention + MLP), never the LM head or embeddings;
-    'attention' / 'mlp' = those whose path names an attention / MLP block; anything else is a module
-    name suffix (``q_proj``, ``mlp.c_fc``) or a full regex when it starts with '^'.
+    'all' = every linear inside a transformer block (attention + MLP, as PEFT's 'all-linear'), never the LM head or
+    embeddings; 'attention' = those whose path names an attention block; 'mlp' = the block's other linears (a path
+    naming an MLP / feed-forward block, or any non-attention linear of a numbered block: OPT's ``fc1``/``fc2``,
+    XGLM's); anything else is a module name suffix (``q_proj``, ``mlp.c_fc``) or a full regex when it
+    starts with '^'. A block is an item of the model's layer list: a path with a numeric part (``model.layers.3``).
     """
     candidates = [
         name
@@ -67,8 +69,9 @@ def find_targets(model: nn.Module, targets: list[str]) -> list[str]:
     chosen: list[str] = []
     for name in candidates:
         parts = name.split(".")
+        in_block = any(p.isdigit() for p in parts[:-1])
         in_attn = any(any(h in p.lower() for h in _ATTN_HINTS) for p in parts[:-1])
-        in_mlp = any(any(h in p.lower() for h in _MLP_HINTS) for p in parts[:-1])
+        in_mlp = any(any(h in p.lower() for h in _MLP_HINTS) for p in parts[:-1]) or (in_block and not in_attn)
         for t in targets:
             if t == "all" and (in_attn or in_mlp):
                 ok = True
