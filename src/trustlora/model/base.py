@@ -207,4 +207,11 @@ def load_base(name: str, dtype: torch.dtype = torch.float32, device: str = "cpu"
         ) from None
     if tok.eos_token_id is None:
         raise ModelLoadError(f"model: tokenizer of '{name}' has no eos token")
+    emb = model.get_input_embeddings()
+    rows = getattr(emb, "num_embeddings", None) or getattr(getattr(emb, "weight", None), "shape", [None])[0]
+    if rows is not None and len(tok) > rows:
+        raise ModelLoadError(
+            f"model: tokenizer of '{name}' has {len(tok)} tokens but the model's input embedding has {rows} rows; "
+            "expected a tokenizer whose ids all fit the model (the one saved with it)"
+        )
     return _freeze(cpu_attention(model.to(dev), dev)), tok
