@@ -9,8 +9,6 @@ import copy
 
 import pytest
 import torch
-from peft import LoraConfig as PeftLoraConfig
-from peft import get_peft_model
 
 from trustlora.config import LoraConfig
 from trustlora.model.base import load_base, tiny_tokenizer
@@ -93,15 +91,7 @@ def test_family_adapters_match_peft(family, tmp_path):
 
     reference = AutoModelForCausalLM.from_pretrained(tmp_path).eval()  # HF's own attention and norms
     for u in range(N):
-        cfg = PeftLoraConfig(
-            r=mm.cfg.r,
-            lora_alpha=mm.cfg.alpha,
-            lora_dropout=0.0,
-            target_modules="^(" + "|".join(mm.target_names).replace(".", r"\.") + ")$",
-        )
-        pm = get_peft_model(copy.deepcopy(reference), cfg)
-        sd = {k.replace(".weight", ".default.weight"): v for k, v in mm.peft_state_dict(u).items()}
-        assert not pm.load_state_dict(sd, strict=False).unexpected_keys
+        pm = mm.peft_model(u, copy.deepcopy(reference), trainable=True)
         out = pm(input_ids=ids[u * B : (u + 1) * B], labels=ids[u * B : (u + 1) * B])
         torch.testing.assert_close(loss[u], out.loss, rtol=1e-5, atol=1e-5)
         out.loss.backward()

@@ -5,8 +5,7 @@ import types
 
 import pytest
 import torch
-from peft import LoraConfig as PeftLoraConfig
-from peft import PeftModel, get_peft_model
+from peft import PeftModel
 
 from trustlora.config import ConfigError, LoraConfig
 from trustlora.model.base import tiny_random_model
@@ -24,17 +23,7 @@ def _random_adapters(mm: MultiLoRA, seed: int = 1) -> None:
 
 
 def _peft_for_user(mm: MultiLoRA, base, user: int):
-    cfg = PeftLoraConfig(
-        r=mm.cfg.r,
-        lora_alpha=mm.cfg.alpha,
-        lora_dropout=0.0,
-        target_modules="^(" + "|".join(mm.target_names).replace(".", r"\.") + ")$",
-    )
-    pm = get_peft_model(copy.deepcopy(base), cfg)
-    sd = {k.replace(".weight", ".default.weight"): v for k, v in mm.peft_state_dict(user).items()}
-    missing = pm.load_state_dict(sd, strict=False)
-    assert not missing.unexpected_keys
-    return pm
+    return mm.peft_model(user, copy.deepcopy(base), trainable=True)
 
 
 def _setup():

@@ -17,6 +17,7 @@ attention/residual dropout) always stays in eval mode. Typical use::
     flat = mm.get_flat()               # [N, P] every user's adapter as one vector
     mm.set_flat(flat)                  # write adapters back
     mm.export_peft(u, "out/user_0", base_name="...")   # PEFT-loadable adapter of user u
+    mm.peft_model(u, copy_of_base)                     # the same adapter as an in-memory PeftModel
 """
 
 from __future__ import annotations
@@ -575,23 +576,17 @@ class MultiLoRA(StackBase):
             sd[f"base_model.model.{name}.lora_B.weight"] = layer.lora_B[user].detach().T.contiguous().float()
         return sd
 
-    def export_peft(self, user: int, out_dir: str | Path, base_name: str) -> Path:
-        """Write ``adapter_config.json`` + ``adapter_model.safetensors`` loadable by ``PeftModel.from_pretrained``."""
-        from safetensors.torch import save
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        pattern = "^(" + "|".join(re.escape(n) for n in self.target_names) + ")$"
-        fan = any(layer.fan_in_fan_out for layer in self.layers.values())
-        config = {
+    def peft_config(self, base_name: str = "") -> dict:
+        """The adapters' PEFT ``adapter_config.json`` (the same for every user)."""
+        return {
             "peft_type": "LORA",
             "task_type": "CAUSAL_LM",
             "base_model_name_or_path": base_name,
             "r": self.cfg.r,
             "lora_alpha": self.cfg.alpha,
             "lora_dropout": self.cfg.dropout,
-            "target_modules": pattern,
-            "fan_in_fan_out": fan,
+            "target_modules": "^(" + "|".join(re.escape(n) for n in self.target_names) + ")$",
+            "fan_in_fan_out": any(layer.fan_in_fan_out for layer in self.layers.values()),
             "bias": "none",
             "inference_mode": True,
             "init_lora_weights": True,
@@ -599,8 +594,29 @@ class MultiLoRA(StackBase):
             "use_dora": False,
             "modules_to_save": None,
         }
+
+    def peft_model(self, user: int, base: nn.Module, trainable: bool = False):
+        """User ``user``'s adapter as an in-memory PEFT model on ``base`` (a Hugging Face model of the same
+        architecture and weights, modified in place: pass a copy): what ``PeftModel.from_pretrained`` gives for
+        :meth:`export_peft`'s folder. ``trainable``: adapter weights require grad (PEFT's ``inference_mode=False``)."""
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model, set_peft_model_state_dict
+
+        cfg = {k: v for k, v in self.peft_config().items() if k not in ("peft_type", "base_model_name_or_path")}
+        pm = get_peft_model(base, PeftLoraConfig(**(cfg | {"inference_mode": not trainable})))
+        missing = set_peft_model_state_dict(pm, self.peft_state_dict(user))
+        if missing.unexpected_keys:
+            raise RuntimeError(f"PEFT did not take adapter keys {missing.unexpected_keys[:3]}")
+        return pm
+
+    def export_peft(self, user: int, out_dir: str | Path, base_name: str) -> Path:
+        """Write ``adapter_config.json`` + ``adapter_model.safetensors`` loadable by ``PeftModel.from_pretrained``."""
+        from safetensors.torch import save
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out / "adapter_model.safetensors", save(self.peft_state_dict(user)))
-        atomic_write_text(out / "adapter_config.json", json.dumps(config, indent=2) + "\n")
+        atomic_write_text(out / "adapter_config.json", json.dumps(self.peft_config(base_name), indent=2) + "\n")
         return out
 
     export = export_peft
