@@ -12,7 +12,7 @@ import torch
 
 from trustlora.config import LoraConfig
 from trustlora.model.base import load_base, tiny_tokenizer
-from trustlora.model.multilora import MultiLoRA
+from trustlora.model.multilora import MultiLoRA, find_targets
 from trustlora.train import per_user_loss
 
 N, B, T, V = 2, 2, 12, 257  # V: the tiny tokenizer's 256 bytes + <eos>
@@ -114,3 +114,17 @@ def test_tokenizer_larger_than_the_embedding_is_a_clear_error(tmp_path):
     tiny_tokenizer().save_pretrained(tmp_path)
     with pytest.raises(ModelLoadError, match="257 tokens but the model's input embedding has 200 rows"):
         load_base(str(tmp_path))
+
+
+def test_targets_cover_mlps_outside_a_module_named_mlp():
+    """OPT keeps its MLP as fc1/fc2 on the decoder layer, not in a module named mlp: 'all' and 'mlp' still reach them
+    (every non-attention linear of a numbered block), never the LM head or the embedding projections."""
+    from transformers import AutoModelForCausalLM
+
+    opt = AutoModelForCausalLM.from_config(_config("opt"))
+    mlp = find_targets(opt, ["mlp"])
+    assert sorted(n.rsplit(".", 1)[-1] for n in mlp) == ["fc1", "fc1", "fc2", "fc2"]
+    attn = find_targets(opt, ["attention"])
+    assert sorted({n.rsplit(".", 1)[-1] for n in attn}) == ["k_proj", "out_proj", "q_proj", "v_proj"]
+    assert sorted(find_targets(opt, ["all"])) == sorted(mlp + attn)
+    assert not any("lm_head" in n or "embed" in n or "project" in n for n in mlp + attn)
