@@ -5,15 +5,18 @@ off ("before") and on (the defaults, "after"), alternating in one process, media
 LOWP_GEMM_GROUP and TOPK_BLOCK off). ``--compare attention``: attention in passes without autograd (before: grouped
 eager, trustlora.model.attention.NO_GRAD_SDPA off; after: SDPA under the same mask; the training step is the control).
 ``--compare lora``: the adapters' ``x @ A`` (before: ``bmm``, trustlora.model.multilora.SKINNY_DOWN off; after: the
-transposed products of ``lora_down``; fp32 on CPU only).
+transposed products of ``lora_down``; fp32 on CPU only). ``--compare bf16-flash``: the bf16 training loss on CPU
+(before: through the flash kernel, trustlora.loss.FLASH_BF16 on; after: the default, which chooses by the CPU:
+grouped head GEMMs where it lacks AMX).
 
     python benchmarks/bench_head_model.py                      # SmolLM2, 6 users, batch 4 x 128, auto precision
     LD_PRELOAD=~/.cache/trustlora/alloc/libtcmalloc_minimal.so.4 python benchmarks/bench_head_model.py --precision bf16
     python benchmarks/bench_head_model.py --compare attention
     python benchmarks/bench_head_model.py --compare lora --precision fp32
+    python benchmarks/bench_head_model.py --compare bf16-flash --precision bf16
 
 Results: ``benchmarks/results/head-model-<allocator>-<precision>.json`` (``attention-model-...`` for attention,
-``lora-model-...`` for lora).
+``lora-model-...`` for lora, ``bf16-flash-model-...``).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def main() -> None:
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     ap.add_argument("--reference-tokens", type=int, default=1024, help="X_S tokens (data.reference_tokens)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--compare", default="head", choices=["head", "attention", "lora"])
+    ap.add_argument("--compare", default="head", choices=["head", "attention", "lora", "bf16-flash"])
     ap.add_argument("--out", default="")
     args = ap.parse_args()
 
@@ -72,17 +75,19 @@ def main() -> None:
         ),
         "X_S top-k pass": topk_pass,
     }
-    module, plain, stem = {
-        "head": (loss, loss.PLAIN_HEAD, "head-model"),
-        "attention": (attention, {"NO_GRAD_SDPA": False}, "attention-model"),
-        "lora": (multilora, {"SKINNY_DOWN": False}, "lora-model"),
+    plain, stem = {
+        "head": ([(loss, loss.PLAIN_HEAD)], "head-model"),
+        "attention": ([(attention, {"NO_GRAD_SDPA": False})], "attention-model"),
+        "lora": ([(multilora, {"SKINNY_DOWN": False})], "lora-model"),
+        "bf16-flash": ([(loss, {"FLASH_BF16": True})], "bf16-flash-model"),
     }[args.compare]
-    settings = {"before": plain, "after": {k: getattr(module, k) for k in plain}}
+    settings = {"before": plain, "after": [(m, {k: getattr(m, k) for k in st}) for m, st in plain]}
     times: dict[tuple[str, str], list[float]] = {}
     for rep in range(args.repeats + 1):  # the first round warms up
-        for name, st in settings.items():
-            for k, v in st.items():
-                setattr(module, k, v)
+        for name, sts in settings.items():
+            for module, st in sts:
+                for k, v in st.items():
+                    setattr(module, k, v)
             for phase, fn in phases.items():
                 t = time.perf_counter()
                 fn()

@@ -191,6 +191,9 @@ def test_cpu_bf16_flag_detection_matches_cpuinfo():
     except OSError:
         flags = []
     assert _cpu_has_fast_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
+    from trustlora import cpu
+
+    assert cpu.has_amx() == ("amx_bf16" in flags) and cpu.flags() == frozenset(flags[2:])  # after "flags", ":"
 
 
 def test_report_of_a_missing_run_is_one_line(capsys, tmp_path):

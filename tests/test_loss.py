@@ -253,6 +253,7 @@ def test_fused_cpu_bf16_training_loss_matches_float64(monkeypatch):
     p = torch.softmax(logits, 1)
     ref_g = (p @ w64 - w64[lab.clamp_min(0)]) * (gout * ok).unsqueeze(1).double()
     errs = {}
+    monkeypatch.setattr(loss, "FLASH_BF16", True)  # the kernel even where the CPU would not choose it (no AMX)
     for fused in (False, True):
         monkeypatch.setattr(loss, "FUSED_CPU", fused)
         x = h.clone().requires_grad_()
@@ -265,6 +266,39 @@ def test_fused_cpu_bf16_training_loss_matches_float64(monkeypatch):
         assert torch.equal(x.grad[[3, 39]], torch.zeros(2, d))
     assert errs[True][0] < 1e-4 and errs[True][1] < 1e-2  # fp32 accumulation; bf16-rounded probabilities
     assert errs[True][0] <= errs[False][0] and errs[True][1] <= 2 * errs[False][1]
+
+
+@pytest.mark.parametrize("m", [40, 61])
+def test_grouped_bf16_training_loss_equals_one_chunk_at_a_time(monkeypatch, m):
+    """bf16 training loss on CPU without the flash kernel (a CPU without AMX): one head GEMM each way over groups of
+    about LOWP_GEMM_GROUP chunks (equal groups; a ragged last chunk inside a group) gives the nll and the hidden-state
+    gradient of the chunk-by-chunk path, ignored rows included."""
+    monkeypatch.setattr(loss, "FLASH_BF16", None)
+    monkeypatch.setattr(loss.cpu, "has_amx", lambda: False)
+    g = torch.Generator().manual_seed(9)
+    v, d = 3000, 32
+    w = (torch.randn(v, d, generator=g) * 0.5).bfloat16()
+    h = torch.randn(m, d, generator=g)
+    lab = torch.randint(0, v, (m,), generator=g)
+    lab[[3, m - 1]] = -100
+    gout = torch.rand(m, generator=g)
+    outs = []
+    for group in (1, 3):
+        monkeypatch.setattr(loss, "LOWP_GEMM_GROUP", group)
+        x = h.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert loss._fused_dtype(x, w, None) is None  # no AMX: not the flash kernel
+            nll = linear_cross_entropy(x, w, None, lab, rows=7)
+        (nll * gout).sum().backward()
+        outs.append((nll, x.grad))
+    (n1, g1), (n3, g3) = outs
+    torch.testing.assert_close(n3, n1, rtol=0, atol=1e-6)
+    torch.testing.assert_close(g3, g1, rtol=1e-3, atol=1e-6)
+    assert torch.equal(g3[[3, m - 1]], torch.zeros(2, d)) and torch.equal(n3[[3, m - 1]], torch.zeros(2))
+    logits = h.bfloat16().double() @ w.double().T  # and both are the loss
+    ref = torch.logsumexp(logits, 1) - logits.gather(1, lab.clamp_min(0)[:, None])[:, 0]
+    ok = lab >= 0
+    assert (n3[ok].double() - ref[ok]).abs().max() < 0.05
 
 
 @pytest.mark.parametrize("vocab", [5120, 5200])

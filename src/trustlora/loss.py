@@ -11,12 +11,16 @@ a gradient the forward keeps the hidden states and the backward recomputes one c
 
 Paths, by precision and device:
 
-* CPU, no head bias, fp32 or bf16 (bf16 autocast with the head's bf16 copy): the training loss is one call of
-  PyTorch's CPU flash-attention kernel, the hidden states as queries and the head's rows as keys and values (scale 1):
-  it returns ``softmax(h W^T) @ W`` and the log-sum-exp, block by block in cache, holding no logits at all.
-  Measured against 165-position chunks (``benchmarks/bench_head_chunk.py``, alternating in one process): forward +
-  backward 0.61-0.68x (2-core AMD EPYC, fp32), 0.77-0.79x (2-core Xeon with AMX, bf16): a ``[165, d] x [d, V]`` GEMM
-  repacks all of W for every 165 rows.
+* CPU, no head bias, fp32, or bf16 on a CPU with AMX (bf16 autocast with the head's bf16 copy): the training loss is
+  one call of PyTorch's CPU flash-attention kernel, the hidden states as queries and the head's rows as keys and
+  values (scale 1): it returns ``softmax(h W^T) @ W`` and the log-sum-exp, block by block in cache, holding no logits
+  at all. Measured against 165-position chunks (``benchmarks/bench_head_chunk.py``, alternating in one process):
+  forward + backward 0.61-0.68x (2-core AMD EPYC, fp32), 0.77-0.79x (2-core Xeon with AMX, bf16): a
+  ``[165, d] x [d, V]`` GEMM repacks all of W for every 165 rows.
+* bf16 training loss on a CPU without AMX (AVX512-BF16 alone, where the flash kernel's bf16 products are slow:
+  :data:`FLASH_BF16`): one head GEMM each way over about ``LOWP_GEMM_GROUP`` chunks of positions, each chunk's fp32
+  softmax written back over its bf16 logits as the input-gradient GEMM's operand; 512 positions 172 ms against 380 ms
+  through the kernel (2-core AMD EPYC).
 * fp32 evaluation on CPU: vocabulary blocks of ``HEAD_COLS`` columns over up to ``CHUNK_BYTES`` of logits (~3,968
   positions), merging log-sum-exp, the label's logit and the top-k block by block; 0.68-0.72x (EPYC): tall, narrow
   GEMMs run near the machine's peak. A block's top-k is searched only in the rows whose block maximum beats their
@@ -36,6 +40,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from trustlora import cpu
 
 CHUNK_BYTES = 31 << 20
 """fp32 logits per chunk (31 MiB: 165 positions of a 49,152-token vocabulary; under glibc's 32 MiB mmap ceiling)."""
@@ -118,6 +124,11 @@ over 3,072 positions, groups of 1 / 2 / 3 chunks: tcmalloc 472 / 421 / 363 ms, g
 no loss)."""
 TOPK_BLOCK = 256
 """Top-k over a vocabulary on CPU by block maxima (:func:`_topk`); 0 = plain ``torch.topk``."""
+FLASH_BF16: bool | None = None
+"""bf16 training loss through the flash kernel: None = where the CPU has AMX (:func:`trustlora.cpu.has_amx`). With
+AVX512-BF16 alone the kernel's bf16 products run at ~40 % of the GEMM peak: the head's loss for 512 positions took
+380 ms against 177 ms by grouped GEMMs (2-core AMD EPYC, ``bench_head_chunk.py --precision bf16``); on a Xeon with
+AMX the kernel took 0.77x the chunked path's time."""
 PLAIN_HEAD = {"FUSED_CPU": False, "LOWP_GEMM_GROUP": 1, "TOPK_BLOCK": 0}
 """The settings above that turn the CPU fast paths off (one chunk at a time, ``torch.topk``): what the benchmarks
 (``bench_head_chunk.py``, ``bench_head_model.py``) compare the defaults against."""
@@ -139,9 +150,14 @@ def _fused_dtype(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     if hidden.dtype == weight.dtype == torch.float32 and not cast:
         return torch.float32
     lowp = cast and torch.get_autocast_dtype("cpu") == torch.bfloat16
-    if weight.dtype == torch.bfloat16 and (lowp or hidden.dtype == torch.bfloat16):
+    if weight.dtype == torch.bfloat16 and (lowp or hidden.dtype == torch.bfloat16) and _flash_lowp():
         return torch.bfloat16
     return None
+
+
+def _flash_lowp() -> bool:
+    """Whether bf16 goes through the flash kernel (:data:`FLASH_BF16`; None: where the CPU has AMX)."""
+    return cpu.has_amx() if FLASH_BF16 is None else FLASH_BF16
 
 
 def _flash_nll_grad(
@@ -283,18 +299,33 @@ class _LinearCrossEntropy(torch.autograd.Function):
             dtype = torch.promote_types(hidden.dtype, torch.float32)
             nll = torch.empty(hidden.shape[0], dtype=dtype, device=hidden.device)
             grad_rows = torch.empty_like(hidden) if early else None
-        for s in range(0, 0 if fused else hidden.shape[0], rows):
-            logits = _up(F.linear(hidden[s : s + rows], weight, bias))
-            lab = labels[s : s + rows]
-            if not early:
-                nll[s : s + rows] = _chunk_nll(logits, lab)[0]
-                continue
-            valid = lab >= 0
-            g, nll_c = _softmax_nll(logits, lab)
-            nll[s : s + rows] = torch.where(valid, nll_c, torch.zeros_like(nll_c))
-            g[valid, lab[valid]] -= 1.0
-            _zero_rows(g, valid)
-            grad_rows[s : s + rows] = torch.matmul(g.to(weight.dtype), weight).to(hidden.dtype)
+        # bf16 on CPU: one head GEMM each way over about LOWP_GEMM_GROUP chunks, in groups of equal size (a
+        # [m, d] x [d, V] GEMM repacks all of W: 512 rows as 495 + 17 cost 1.12x one GEMM of 512); each chunk's
+        # softmax - onehot overwrites its bf16 logits, which the input-gradient GEMM then reads
+        m_all = hidden.shape[0]
+        lowp = weight.dtype == torch.bfloat16 or torch.is_autocast_enabled(dev)
+        grouped = early and dev == "cpu" and lowp and LOWP_GEMM_GROUP > 1
+        group = -(-m_all // max(1, round(m_all / (rows * LOWP_GEMM_GROUP)))) if grouped else rows
+        for g0 in range(0, 0 if fused else hidden.shape[0], group):
+            raw_g = F.linear(hidden[g0 : g0 + group], weight, bias)
+            for c in range(0, raw_g.shape[0], rows):
+                raw = raw_g[c : c + rows]
+                s, e = g0 + c, g0 + c + raw.shape[0]
+                logits, lab = _up(raw), labels[s:e]
+                if not early:
+                    nll[s:e] = _chunk_nll(logits, lab)[0]
+                    continue
+                valid = lab >= 0
+                g, nll_c = _softmax_nll(logits, lab)
+                nll[s:e] = torch.where(valid, nll_c, torch.zeros_like(nll_c))
+                g[valid, lab[valid]] -= 1.0
+                _zero_rows(g, valid)
+                if not grouped:
+                    grad_rows[s:e] = torch.matmul(g.to(weight.dtype), weight).to(hidden.dtype)
+                else:
+                    raw.copy_(g)  # its logits are read no more
+            if grouped:
+                grad_rows[g0 : g0 + group] = torch.matmul(raw_g, weight).to(hidden.dtype)
         ctx.rows = rows
         ctx.early = early
         if early:

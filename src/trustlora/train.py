@@ -13,29 +13,22 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trustlora import cpu
 from trustlora.config import TrainConfig
 from trustlora.loss import head_scores, linear_cross_entropy, next_token_labels
 from trustlora.metrics import ppl_from_loss
 from trustlora.model.multilora import MultiLoRA
 
 
-@functools.cache
 def _cpu_has_fast_bf16() -> bool:
-    """True when the CPU has native bf16 matrix units (AVX512-BF16 or AMX); without them bf16 matmuls are
-    emulated and run ~50x slower than fp32 (measured: 0.7 vs 56 GFLOP/s on a 2-core AVX2 EPYC)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    """True when the CPU has native bf16 matrix units (:func:`trustlora.cpu.has_bf16`)."""
+    return cpu.has_bf16()
 
 
 def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
