@@ -305,7 +305,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         m_all = hidden.shape[0]
         lowp = weight.dtype == torch.bfloat16 or torch.is_autocast_enabled(dev)
         grouped = early and dev == "cpu" and lowp and LOWP_GEMM_GROUP > 1
-        group = -(-m_all // max(1, round(m_all / (rows * LOWP_GEMM_GROUP)))) if grouped else rows
+        group = max(1, -(-m_all // max(1, round(m_all / (rows * LOWP_GEMM_GROUP))))) if grouped else rows
         for g0 in range(0, 0 if fused else hidden.shape[0], group):
             raw_g = F.linear(hidden[g0 : g0 + group], weight, bias)
             for c in range(0, raw_g.shape[0], rows):
