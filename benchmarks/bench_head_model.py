@@ -3,7 +3,8 @@ off ("before") and on (the defaults, "after"), alternating in one process, media
 
 ``--compare head`` (default): the LM-head settings of trustlora.loss (before: the plain chunked head, FUSED_CPU,
 LOWP_GEMM_GROUP and TOPK_BLOCK off). ``--compare attention``: attention in passes without autograd (before: grouped
-eager, trustlora.model.attention.NO_GRAD_SDPA off; after: SDPA under the same mask; the training step is the control).
+eager, trustlora.model.attention.NO_GRAD_SDPA off; after: the default, SDPA under the same mask except in bf16 on a CPU
+without AMX; the training step is the control).
 ``--compare lora``: the adapters' ``x @ A`` (before: ``bmm``, trustlora.model.multilora.SKINNY_DOWN off; after: the
 transposed products of ``lora_down``; fp32 on CPU only). ``--compare bf16-flash``: the bf16 training loss on CPU
 (before: through the flash kernel, trustlora.loss.FLASH_BF16 on; after: the default, which chooses by the CPU:

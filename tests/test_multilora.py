@@ -338,7 +338,7 @@ def test_grouped_attention_equals_eager_forward_bitwise_and_backward_closely():
         assert ref.norm() > 0
 
 
-def test_no_grad_attention_goes_through_sdpa_under_the_same_mask():
+def test_no_grad_attention_goes_through_sdpa_under_the_same_mask(monkeypatch):
     """Without autograd the LLaMA-family CPU attention is SDPA under eager's mask: logits equal eager's in fp32 (to
     1e-5) and in bf16 (to bf16's rounding), padding and causality are honoured (a padded row's real positions get the
     logits of the unpadded row), and with NO_GRAD_SDPA off the no-grad pass is eager's bitwise."""
@@ -358,7 +358,7 @@ def test_no_grad_attention_goes_through_sdpa_under_the_same_mask():
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 return model(input_ids=ids, attention_mask=mask, **kw).logits.float()
         finally:
-            attn.NO_GRAD_SDPA = True
+            attn.NO_GRAD_SDPA = None
             model.config._attn_implementation = attn.NAME
 
     for bf16, tol in ((False, 1e-5), (True, 6e-2)):
@@ -371,6 +371,13 @@ def test_no_grad_attention_goes_through_sdpa_under_the_same_mask():
     with torch.no_grad():
         alone = model(input_ids=ids[1:2, 3:]).logits
     torch.testing.assert_close(logits(attn.NAME, True, False)[1, 3:], alone[0], rtol=1e-5, atol=1e-5)
+    # the default (None) chooses by the CPU: bf16 without AMX keeps eager's products, everything else SDPA
+    q = torch.zeros(1, dtype=torch.bfloat16)
+    for amx, want in ((True, True), (False, False)):
+        monkeypatch.setattr(attn.cpu, "has_amx", lambda amx=amx: amx)
+        assert attn._no_grad_sdpa(q) is want and attn._no_grad_sdpa(q.float()) is True
+    monkeypatch.setattr(attn, "NO_GRAD_SDPA", True)
+    assert attn._no_grad_sdpa(q) is True
 
 
 def test_host_bit_streams_mask_each_user_alone_and_resume_exactly():

@@ -13,7 +13,8 @@ eager's up to summation order (fp32: 1e-6 relative; bf16: 1 % relative, within b
 Where no gradient is wanted (evaluation, trust passes: no input requires grad), the same mask goes to PyTorch's SDPA
 instead (:data:`NO_GRAD_SDPA`), whose CPU flash kernel keeps the scores in cache in fp32 and never rounds them or the
 probabilities to bf16: 48 x 9 heads x 128 x 64 (6 users x 8 eval windows) in 4.6 ms vs 12.4 ms grouped eager in bf16,
-12.7 vs 17.1 ms in fp32 (2-core Xeon), and closer to a float64 reference (bf16: max error 0.009 vs 0.016). For
+12.7 vs 17.1 ms in fp32 (2-core Xeon), and closer to a float64 reference (bf16: max error 0.009 vs 0.016). In bf16 on
+a CPU without AMX (AVX512-BF16 alone) grouped eager stays, being the faster there (evaluation pass 0.94x). For
 training, eager stays: SDPA's CPU backward is ~1.8x slower at these shapes.
 
 :func:`use_grouped_attention` switches a loaded model to it (``load_base`` does, on CPU, for the families above)::
@@ -26,10 +27,23 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from trustlora import cpu
+
 NAME = "trustlora_grouped_eager"
-NO_GRAD_SDPA = True
+NO_GRAD_SDPA: bool | None = None
 """Passes without autograd (no query/key/value requires grad) attend through ``F.scaled_dot_product_attention`` with
-the same additive mask; False keeps eager's products there too (benchmarks compare the two)."""
+the same additive mask; False keeps eager's products there too (benchmarks compare the two). None (the default):
+SDPA except for bf16 on a CPU without AMX (:func:`trustlora.cpu.has_amx`), where its bf16 kernel is the slower one
+(6 users' evaluation pass 5.58-5.70 s eager vs 5.97-6.08 s SDPA on a 2-core AMD EPYC with AVX512-BF16; with AMX
+SDPA took 0.87x, on a Xeon)."""
+
+
+def _no_grad_sdpa(query: torch.Tensor) -> bool:
+    if NO_GRAD_SDPA is not None:
+        return NO_GRAD_SDPA
+    return not (query.dtype == torch.bfloat16 and query.device.type == "cpu" and not cpu.has_amx())
+
+
 FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3", "smollm3"})
 """Model types whose eager attention is exactly the function reproduced here (no soft-capping, sinks or extra terms;
 sliding windows come in through the mask)."""
@@ -51,7 +65,7 @@ def grouped_eager_attention(
     of SDPA under the same mask and no probabilities (None), as HF's SDPA path returns."""
     b, h, t, d = query.shape
     kv, s = key.shape[1], key.shape[2]
-    if NO_GRAD_SDPA and not (query.requires_grad or key.requires_grad or value.requires_grad):
+    if not (query.requires_grad or key.requires_grad or value.requires_grad) and _no_grad_sdpa(query):
         if dropout == 0.0 or not module.training:
             out = F.scaled_dot_product_attention(
                 query, key, value, attn_mask=attention_mask, scale=scaling, enable_gqa=h != kv
