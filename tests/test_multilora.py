@@ -376,6 +376,10 @@ def test_no_grad_attention_goes_through_sdpa_under_the_same_mask(monkeypatch):
     for amx, want in ((True, True), (False, False)):
         monkeypatch.setattr(attn.cpu, "has_amx", lambda amx=amx: amx)
         assert attn._no_grad_sdpa(q) is want and attn._no_grad_sdpa(q.float()) is True
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # fp32 q and k (HF's rotary) computed in bf16
+            assert attn._no_grad_sdpa(q.float()) is want
+        # in the model (q and k reach attention in fp32 under autocast), the default takes that path
+        assert torch.equal(logits(attn.NAME, None, True), logits(attn.NAME, want, True))
     monkeypatch.setattr(attn, "NO_GRAD_SDPA", True)
     assert attn._no_grad_sdpa(q) is True
 

@@ -41,7 +41,10 @@ SDPA took 0.87x, on a Xeon)."""
 def _no_grad_sdpa(query: torch.Tensor) -> bool:
     if NO_GRAD_SDPA is not None:
         return NO_GRAD_SDPA
-    return not (query.dtype == torch.bfloat16 and query.device.type == "cpu" and not cpu.has_amx())
+    dev = query.device.type
+    # the dtype the products run in: under autocast its dtype (HF's rotary leaves q and k in the fp32 residual's dtype)
+    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else query.dtype
+    return not (dtype == torch.bfloat16 and dev == "cpu" and not cpu.has_amx())
 
 
 FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3", "smollm3"})
