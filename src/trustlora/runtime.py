@@ -10,6 +10,7 @@ process joins that group instead of spawning. The process hosting user 0 writes 
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import tempfile
@@ -36,6 +37,7 @@ def _worker(rank: int, cfg_dict: dict, world: int, init_file: str, progress: boo
     from trustlora.api import run_users
     from trustlora.comm.distributed import TorchDistributed
 
+    faulthandler.enable()  # a worker killed by a fatal signal prints where each of its Python threads was
     cfg = from_dict(cfg_dict)
     os.environ["LOCAL_RANK"] = str(rank)  # one GPU per process when device is cuda/auto (model.base.resolve_device)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
