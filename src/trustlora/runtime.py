@@ -13,6 +13,7 @@ from __future__ import annotations
 import faulthandler
 import json
 import os
+import sys
 import tempfile
 from datetime import timedelta
 from pathlib import Path
@@ -55,6 +56,12 @@ def _worker(rank: int, cfg_dict: dict, world: int, init_file: str, progress: boo
         dist.barrier()
     finally:
         dist.destroy_process_group()
+    # done, every file written and closed: leave without the interpreter's teardown, where gloo's C++ threads are
+    # destroyed after the interpreter (one candidate for a rare SIGABRT, "terminate called without an active
+    # exception", after the last round; the spawning parent then stops the writer before its summary)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def launch(cfg: Config, progress: bool = True, log=print) -> Path:
