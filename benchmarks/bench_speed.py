@@ -184,11 +184,11 @@ def main() -> None:
         args.users = int(args.users)
         child(args)
         return
+    from trustlora import cpu
     from trustlora.flops import gemm_peak_gflops, machine_peak_gflops
-    from trustlora.train import _cpu_has_fast_bf16
 
     prec = _precision(args)
-    kinds = ["fp32", "bf16"] if _cpu_has_fast_bf16() else ["fp32"]
+    kinds = ["fp32", "bf16"] if cpu.has_bf16() else ["fp32"]
     best = {k: machine_peak_gflops(k, "cpu", repeats=10) for k in kinds}  # the best this CPU has shown: MFU's base
     peaks = {k: gemm_peak_gflops(k, "cpu", repeats=10) for k in kinds}  # this run's measurement (cached: not rerun)
     peak = best[prec]

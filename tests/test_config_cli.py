@@ -175,24 +175,22 @@ def test_precision_auto_resolves_by_hardware(monkeypatch):
 
     assert train.resolve_precision("fp32") == "fp32"
     assert train.resolve_precision("bf16") == "bf16"
-    monkeypatch.setattr(train, "_cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(train.cpu, "has_bf16", lambda: False)
     assert train.resolve_precision("auto", "cpu") == "fp32"
     assert isinstance(train.autocast("auto", "cpu"), __import__("contextlib").nullcontext)
-    monkeypatch.setattr(train, "_cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(train.cpu, "has_bf16", lambda: True)
     assert train.resolve_precision("auto", "cpu") == "bf16"
     assert not isinstance(train.autocast("auto", "cpu"), __import__("contextlib").nullcontext)
 
 
 def test_cpu_bf16_flag_detection_matches_cpuinfo():
-    from trustlora.train import _cpu_has_fast_bf16
+    from trustlora import cpu
 
     try:
         flags = next((ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")), "").split()
     except OSError:
         flags = []
-    assert _cpu_has_fast_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
-    from trustlora import cpu
-
+    assert cpu.has_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
     assert cpu.has_amx() == ("amx_bf16" in flags) and cpu.flags() == frozenset(flags[2:])  # after "flags", ":"
 
 

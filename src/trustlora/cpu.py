@@ -3,6 +3,7 @@
 The fast paths of trustlora choose by it, so a machine always takes the same path (and gives the same numbers):
 
     from trustlora import cpu
+    cpu.model_name()     # 'AMD EPYC ...' (what a GEMM peak is recorded under, trustlora.flops.machine_key)
     cpu.flags()          # frozenset of the kernel's CPU flags ('avx2', 'avx512_bf16', 'amx_bf16', ...)
     cpu.has_bf16()       # native bf16 (AVX512-BF16 or AMX): precision 'auto' picks bf16
     cpu.has_amx()        # AMX tiles: bf16 matrix products inside fused kernels (flash attention) run near the GEMM
@@ -16,15 +17,25 @@ from __future__ import annotations
 import functools
 
 
-@functools.cache
-def flags() -> frozenset[str]:
-    """The first processor's flags from ``/proc/cpuinfo`` (empty where there is none)."""
+def _field(name: str) -> str | None:
+    """The first processor's ``name`` field from ``/proc/cpuinfo`` (None where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
-            line = next((ln for ln in f if ln.startswith("flags")), "")
+            return next((ln.partition(":")[2].strip() for ln in f if ln.startswith(name)), None)
     except OSError:
-        return frozenset()
-    return frozenset(line.partition(":")[2].split())
+        return None
+
+
+@functools.cache
+def flags() -> frozenset[str]:
+    """The first processor's flags (empty where there are none)."""
+    return frozenset((_field("flags") or "").split())
+
+
+@functools.cache
+def model_name() -> str:
+    """The processor's model name ('cpu' where there is none)."""
+    return _field("model name") or "cpu"
 
 
 def has_bf16() -> bool:

@@ -21,6 +21,7 @@ import time
 import torch
 from torch import nn
 
+from trustlora import cpu
 from trustlora.cache import atomic_write_json, cache_dir, read_json
 from trustlora.model.multilora import is_conv1d
 
@@ -82,15 +83,7 @@ def gemm_peak_gflops(
 def machine_key(precision: str, device: str = "cpu") -> str:
     """What a GEMM peak depends on: the processor (CPU model name, or the GPU's), threads, torch version, precision."""
     dev = torch.device(device)
-    if dev.type == "cuda":
-        name = torch.cuda.get_device_name(dev)
-    else:
-        name = "cpu"
-        try:
-            with open("/proc/cpuinfo") as f:
-                name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
-        except OSError:
-            pass
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu.model_name()
     return f"{name} | {torch.get_num_threads()} threads | torch {torch.__version__} | {precision}"
 
 

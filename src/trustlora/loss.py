@@ -306,7 +306,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         lowp = weight.dtype == torch.bfloat16 or torch.is_autocast_enabled(dev)
         grouped = early and dev == "cpu" and lowp and LOWP_GEMM_GROUP > 1
         group = max(1, -(-m_all // max(1, round(m_all / (rows * LOWP_GEMM_GROUP))))) if grouped else rows
-        for g0 in range(0, 0 if fused else hidden.shape[0], group):
+        for g0 in range(0, 0 if fused else m_all, group):
             raw_g = F.linear(hidden[g0 : g0 + group], weight, bias)
             for c in range(0, raw_g.shape[0], rows):
                 raw = raw_g[c : c + rows]

@@ -50,9 +50,9 @@ def _worker(rank: int, cfg_dict: dict, world: int, init_file: str, progress: boo
         run_users(
             cfg, TorchDistributed(cfg.data.users), progress=progress, log=print if rank == 0 else (lambda *a: None)
         )
-        # every rank done with the group before any tears its connections down (a rank that finished early and
-        # destroyed its group while the writer still ran once died by SIGABRT in gloo's teardown; not after a failure:
-        # a peer that died would leave this barrier waiting for the timeout)
+        # every rank done with the group before any tears its connections down: a mitigation, not a proven fix, of a
+        # rare SIGABRT in a rank that had finished early (seen once more with it); not after a failure: a peer that
+        # died would leave this barrier waiting for the timeout
         dist.barrier()
     finally:
         dist.destroy_process_group()

@@ -26,11 +26,6 @@ from trustlora.metrics import ppl_from_loss
 from trustlora.model.multilora import MultiLoRA
 
 
-def _cpu_has_fast_bf16() -> bool:
-    """True when the CPU has native bf16 matrix units (:func:`trustlora.cpu.has_bf16`)."""
-    return cpu.has_bf16()
-
-
 def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
     """Map 'auto' to 'bf16' where bf16 is fast (CUDA with bf16 support, CPUs with AVX512-BF16/AMX), else 'fp32'."""
     if precision != "auto":
@@ -39,7 +34,7 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str
     if dev.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     if dev.type == "cpu":
-        return "bf16" if _cpu_has_fast_bf16() else "fp32"
+        return "bf16" if cpu.has_bf16() else "fp32"
     return "fp32"
 
 
